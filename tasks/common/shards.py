@@ -1,0 +1,193 @@
+"""The shard and manifest contract shared by download, caption and encode.
+
+A shard is a webdataset tar in S3. It is built in a local temporary file and uploaded with one
+PUT only when complete (S3 PUTs are atomic), then a small per-shard record is written under
+`<prefix>/_done/`. The manifest (`<prefix>/manifest.json`) is rebuilt from those records, so a
+worker killed in the middle of a shard leaves no record, the shard is absent from the manifest,
+and a rerun rebuilds it under the same name: no duplicates, nothing half-written consumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from infra import s3
+
+MANIFEST = "manifest.json"
+DONE = "_done"
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One complete shard: where it is, how many samples, its size and checksum."""
+
+    name: str
+    uri: str
+    samples: int
+    bytes: int
+    sha256: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A dataset's complete shards; the unit DVC versions and the next step consumes."""
+
+    dataset: str
+    prefix: str
+    shards: tuple[ShardRecord, ...]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "prefix": self.prefix,
+            "samples": self.samples,
+            "bytes": sum(s.bytes for s in self.shards),
+            "shards": [asdict(s) for s in self.shards],
+            "stats": self.stats,
+        }
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> "Manifest":
+        return Manifest(
+            dataset=data["dataset"],
+            prefix=data["prefix"],
+            shards=tuple(ShardRecord(**s) for s in data["shards"]),
+            stats=data.get("stats", {}),
+        )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def done_records(prefix: str) -> dict[str, ShardRecord]:
+    """Shard records committed under a prefix, by shard name."""
+    out = {}
+    for uri in s3.list_uris(s3.join(prefix, DONE) + "/"):
+        rec = ShardRecord(**s3.get_json(uri))
+        out[rec.name] = rec
+    return out
+
+
+def commit_shard(local_tar: Path, prefix: str, name: str, samples: int,
+                 meta: dict[str, Any] | None = None) -> ShardRecord:
+    """Upload a finished local tar as `<prefix>/<name>.tar` and record it as complete."""
+    uri = s3.join(prefix, f"{name}.tar")
+    s3.upload_file(local_tar, uri)
+    rec = ShardRecord(name=name, uri=uri, samples=samples, bytes=local_tar.stat().st_size,
+                      sha256=sha256_file(local_tar), meta=meta or {})
+    # The record is written after the data: its presence is the commit.
+    s3.put_json(s3.join(prefix, DONE, f"{name}.json"), asdict(rec))
+    return rec
+
+
+def write_manifest(dataset: str, prefix: str, stats: dict[str, Any] | None = None) -> Manifest:
+    """Rebuild `<prefix>/manifest.json` from the committed shard records."""
+    records = done_records(prefix)
+    manifest = Manifest(dataset=dataset, prefix=prefix,
+                        shards=tuple(records[k] for k in sorted(records)), stats=stats or {})
+    s3.put_json(s3.join(prefix, MANIFEST), manifest.to_json())
+    return manifest
+
+
+def read_manifest(prefix_or_uri: str) -> Manifest | None:
+    uri = prefix_or_uri if prefix_or_uri.endswith(".json") else s3.join(prefix_or_uri, MANIFEST)
+    if not s3.exists(uri):
+        return None
+    return Manifest.from_json(s3.get_json(uri))
+
+
+class LocalShard:
+    """Builds one webdataset tar in a temporary file; samples are dicts of extension -> bytes.
+
+    Use as a context manager; on an exception the temporary file is removed and nothing is
+    uploaded.
+    """
+
+    def __init__(self, tmp_dir: Path | None = None) -> None:
+        self._file = tempfile.NamedTemporaryFile(suffix=".tar", dir=tmp_dir, delete=False)
+        self.path = Path(self._file.name)
+        self._tar = tarfile.open(fileobj=self._file, mode="w")
+        self.samples = 0
+        self._keys: set[str] = set()
+
+    def write(self, key: str, sample: dict[str, bytes | str | dict]) -> None:
+        if "." in key or "/" in key:
+            # webdataset splits the member name at the first dot: a dotted key would corrupt it.
+            raise ValueError(f"sample key must not contain '.' or '/': {key!r}")
+        if key in self._keys:
+            raise ValueError(f"duplicate sample key in shard: {key!r}")
+        self._keys.add(key)
+        for ext, value in sorted(sample.items()):
+            data = _encode_field(value)
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            info.mtime = 0  # deterministic bytes: reruns give the same sha256
+            self._tar.addfile(info, io.BytesIO(data))
+        self.samples += 1
+
+    def close(self) -> None:
+        self._tar.close()
+        self._file.close()
+
+    def __enter__(self) -> "LocalShard":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close()
+        if exc_type is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _encode_field(value: bytes | str | dict) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return json.dumps(value, sort_keys=True).encode("utf-8")
+
+
+def iter_tar_samples(fileobj, errors: list[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Group tar members by key ('key.ext'); a corrupt member ends the shard and is reported."""
+    current_key, current = None, {}
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.rpartition("/")[2].partition(".")
+                data = tar.extractfile(member).read()
+                if key != current_key and current_key is not None:
+                    yield current_key, current
+                    current = {}
+                current_key = key
+                current[ext] = data
+    except (tarfile.TarError, OSError, EOFError) as err:
+        if errors is None:
+            raise
+        errors.append(f"corrupt tar after key {current_key!r}: {err}")
+        return  # the partial sample at the break is dropped, never yielded half-read
+    if current_key is not None:
+        yield current_key, current
+
+
+def iter_shard(uri: str, errors: list[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Stream the samples of one S3 shard."""
+    yield from iter_tar_samples(io.BytesIO(s3.get_bytes(uri)), errors)

@@ -1,0 +1,98 @@
+"""params.yaml: one frozen dataclass per step, selected by the `profile` switch.
+
+params.yaml holds `profile: demo|full` and one block per profile; each block has one section per
+step. `load_params` validates every profile block (a typo in the unused profile is still an
+error) and returns the selected one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from infra.config import ConfigError, build, to_dict
+from infra.settings import REPO_ROOT
+from tasks.caption.config import CaptionParams
+from tasks.common.cost import CostParams
+from tasks.download.config import DownloadParams
+from tasks.encode.config import EncodeParams
+from tasks.evaluate.config import EvaluateParams
+from tasks.train.config import TrainParams
+
+PROFILES = ("demo", "full")
+DEFAULT_PATH = REPO_ROOT / "params.yaml"
+
+
+@dataclass(frozen=True)
+class StorageParams:
+    """Where the pipeline keeps its data in S3."""
+
+    bucket: str = "micro-budget"
+    raw_prefix: str = "raw"  # s3://bucket/raw/<dataset>/
+    latents_prefix: str = "latents"  # s3://bucket/latents/<dataset>/
+    runs_prefix: str = "runs"  # s3://bucket/runs/<run>/<stage>/
+
+    def __post_init__(self) -> None:
+        if not 3 <= len(self.bucket) <= 63 or not self.bucket.replace("-", "").isalnum():
+            raise ValueError(f"bucket {self.bucket!r}: 3-63 lowercase letters, digits or '-'")
+        if self.bucket != self.bucket.lower():
+            raise ValueError(f"bucket {self.bucket!r} must be lowercase")
+
+    def uri(self, *parts: str) -> str:
+        return "/".join([f"s3://{self.bucket}", *(p.strip("/") for p in parts)])
+
+
+@dataclass(frozen=True)
+class Params:
+    profile: str
+    storage: StorageParams = field(default_factory=StorageParams)
+    cost: CostParams = field(default_factory=CostParams)
+    download: DownloadParams = field(default_factory=DownloadParams)
+    caption: CaptionParams = field(default_factory=CaptionParams)
+    encode: EncodeParams = field(default_factory=EncodeParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+
+def parse_params(data: Any, profile: str | None = None) -> Params:
+    """Validate a params.yaml mapping and return the selected profile."""
+    if not isinstance(data, dict):
+        raise ConfigError("params.yaml: top level must be a mapping")
+    unknown = sorted(set(data) - {"profile", *PROFILES})
+    if unknown:
+        raise ConfigError(f"params.yaml: unknown top-level key(s) {unknown}; "
+                          f"allowed: ['profile', {', '.join(repr(p) for p in PROFILES)}]")
+    selected = profile or os.environ.get("MB_PROFILE") or data.get("profile")
+    if selected not in PROFILES:
+        raise ConfigError(f"profile: {selected!r} is not one of {list(PROFILES)}")
+    built = {}
+    for name in PROFILES:
+        if name in data:
+            block = data[name]
+            if block is not None and not isinstance(block, dict):
+                raise ConfigError(f"{name}: expected a mapping of step sections")
+            built[name] = build(Params, {"profile": name, **(block or {})}, name)
+    if selected not in built:
+        raise ConfigError(f"params.yaml has no block for the selected profile {selected!r}")
+    return built[selected]
+
+
+def load_params(path: Path | str | None = None, profile: str | None = None) -> Params:
+    """Read and validate params.yaml (default: the repository's, or $MB_PARAMS)."""
+    path = Path(path or os.environ.get("MB_PARAMS") or DEFAULT_PATH)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found")
+    with open(path) as fh:
+        try:
+            data = yaml.safe_load(fh)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    return parse_params(data, profile)
+
+
+def resolved_yaml(params: Params) -> str:
+    return yaml.safe_dump(to_dict(params), sort_keys=False)
