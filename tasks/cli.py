@@ -1,0 +1,66 @@
+"""One command line for every step: the same functions that DVC stages and Prefect tasks call.
+
+    python -m tasks download [--params params.yaml] [--profile demo|full] [--dry-run] [--out F]
+
+`--dry-run` prints the resolved configuration of the step (after profile selection and
+validation) and exits without touching any service. `--out` writes the step's JSON summary
+(manifest URIs, counts, metrics) to a file that DVC tracks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from infra.config import ConfigError, to_dict
+from tasks.params import PROFILES, load_params
+
+STEPS = ("download", "caption", "encode", "train", "evaluate", "report")
+# Sections whose values each step reads, shown by --dry-run next to storage and cost.
+SECTIONS = {"download": ["download"], "caption": ["caption"], "encode": ["encode"],
+            "train": ["train"], "evaluate": ["evaluate"], "report": []}
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m tasks", description=__doc__.splitlines()[0])
+    ap.add_argument("step", choices=STEPS)
+    ap.add_argument("--params", type=Path, default=None, help="params file (default params.yaml)")
+    ap.add_argument("--profile", choices=PROFILES, default=None, help="override params.yaml profile")
+    ap.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON summary here")
+    return ap
+
+
+def resolved(params, step: str) -> dict:
+    full = to_dict(params)
+    keep = ["profile", "storage", "cost", *SECTIONS[step]]
+    return {k: full[k] for k in keep}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        params = load_params(args.params, args.profile)
+    except ConfigError as err:
+        print(f"error in params: {err}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(yaml.safe_dump(resolved(params, args.step), sort_keys=False), end="")
+        return 0
+    module = importlib.import_module(f"tasks.{args.step}.step")
+    summary = module.run(params)
+    text = json.dumps(summary, indent=2, sort_keys=True, default=str)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

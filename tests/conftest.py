@@ -1,0 +1,69 @@
+"""Session fixtures: real local services, started on demand and stopped only if started here."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pytest
+
+from infra import services, settings
+
+# Clients read these at import time in places: point them at the local servers up front.
+os.environ.setdefault("PREFECT_API_URL", settings.prefect_api_url())
+os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_uri())
+
+_started: list[str] = []
+
+
+def _ensure(names: list[str]) -> None:
+    by_name = {s.name: s for s in services.all_services()}
+    for name in names:
+        if services.read_pid(name) is None:
+            services.start(by_name[name])
+            _started.append(name)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _started:
+        workers = [n for n in _started if n.startswith("worker-") or n == "mirror"]
+        services.stop_all(workers, term_s=8.0, int_s=3.0)
+        services.stop_all([n for n in _started if n not in workers])
+
+
+@pytest.fixture(scope="session")
+def s3_service() -> None:
+    """The local SeaweedFS S3 with credentials enforced and the buckets created."""
+    services.ensure_credentials()
+    _ensure(["s3"])
+
+
+@pytest.fixture(scope="session")
+def mlflow_service(s3_service) -> str:
+    """A real MLflow tracking server (sqlite) with artifacts proxied to S3; yields its URI."""
+    from infra.settings import mlflow_uri
+
+    _ensure(["mlflow"])
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_uri()
+    return mlflow_uri()
+
+
+@pytest.fixture(scope="session")
+def prefect_service(s3_service) -> str:
+    """A real Prefect server with the cpu/gpu process pools and their workers; yields the API URL."""
+    from infra.settings import prefect_api_url
+
+    _ensure(["prefect", "worker-cpu", "worker-gpu"])
+    os.environ["PREFECT_API_URL"] = prefect_api_url()
+    return prefect_api_url()
+
+
+@pytest.fixture
+def s3_prefix(s3_service) -> str:
+    """A fresh, unique prefix in the pipeline bucket for one test."""
+    return f"s3://micro-budget/test/{uuid.uuid4().hex[:12]}"
