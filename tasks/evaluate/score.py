@@ -1,0 +1,128 @@
+"""One evaluation of one checkpoint, as plain functions: real side, generated side, FID, CLIP.
+
+Caches (all resumable, all keyed by what determines their content):
+    s3://BUCKET/<raw>/<dataset>/_fid/real_stats/<hash>.*   real Inception statistics
+    s3://BUCKET/<raw>/<dataset>/_fid/prompts/<hash>.json   the drawn captions
+    s3://BUCKET/<runs>/_eval/samples/<ckpt>/<hash>/        generated PNG shards + manifest
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchmetrics
+
+from infra import s3
+from tasks.common.shards import read_manifest
+from tasks.evaluate.config import EvaluateParams
+from tasks.evaluate.generate import (Checkpoint, TextEncoder, cached_prompts, check_resolution,
+                                     fetch_checkpoint, generate_missing, generation_protocol,
+                                     iter_generated, load_ema_model, samples_prefix)
+from tasks.evaluate.grid import grid_png
+from tasks.evaluate.inception import inception_id, load_inception
+from tasks.evaluate.metrics import (add_clip_pairs, add_images, fid_value, new_clip_score,
+                                    new_fid, set_real_stats)
+from tasks.evaluate.protocol import FEATURE_RESIZE, REAL_RESIZE, protocol_hash
+from tasks.evaluate.real_stats import cached_real_stats
+from tasks.params import Params
+
+
+@dataclass(frozen=True)
+class Encoders:
+    """The VAE that decodes latents and the text encoder the checkpoint was trained with."""
+
+    vae: Any  # diffusers AutoencoderKL
+    encode_text: TextEncoder
+    ids: dict[str, str]  # names recorded in the generation protocol
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    result: dict[str, Any]  # JSON-able: metrics, protocol, cache URIs
+    grid_png: bytes  # the first grid_images samples
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("evaluate.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def fid_protocol(ev: EvaluateParams, dataset: dict[str, Any], real_count: int,
+                 checkpoint: Checkpoint, inception_name: str) -> dict[str, Any]:
+    """What must be equal for two FIDs (or CLIP scores) to be compared."""
+    return {"dataset": dataset["dataset"], "manifest": dataset["manifest"],
+            "num_samples": ev.num_samples, "num_real": real_count,
+            "resolution": ev.resolution, "sampler": "edm-heun", "steps": ev.steps,
+            "guidance": ev.guidance, "sigma_min": ev.sigma_min, "sigma_max": ev.sigma_max,
+            "rho": ev.rho, "seed": ev.seed, "weights": checkpoint.weights,
+            "feature_network": inception_name, "real_resize": REAL_RESIZE,
+            "feature_resize": FEATURE_RESIZE, "clip_model": ev.clip_model,
+            "metrics_impl": f"torchmetrics-{torchmetrics.__version__}"}
+
+
+def evaluate(params: Params, checkpoint_source: str, encoders_loader,
+             cache_dir: Path | None = None) -> Evaluation:
+    """FID (+ CLIP score) of a checkpoint on COCO val captions under params.evaluate.
+
+    encoders_loader(params, device) -> Encoders supplies the VAE and text encoder (the step
+    passes the encode step's loaders, so generation matches training).
+    """
+    ev = params.evaluate
+    device = resolve_device(ev.device)
+    torch.manual_seed(ev.seed)
+    raw_prefix = params.storage.uri(params.storage.raw_prefix, ev.dataset)
+    manifest = read_manifest(raw_prefix)
+    if manifest is None or not manifest.shards:
+        raise FileNotFoundError(f"no {ev.dataset} manifest with shards at {raw_prefix}: run the "
+                                "download step for it first")
+    fid_root = s3.join(raw_prefix, "_fid")
+    inception = load_inception(ev.inception, device)
+    inception_name = inception_id(ev.inception)
+    real, real_record = cached_real_stats(fid_root, manifest, ev.resolution, ev.num_real,
+                                          inception, inception_name, ev.feature_batch_size)
+    prompts, prompts_key = cached_prompts(fid_root, manifest, ev.num_samples, ev.seed)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = fetch_checkpoint(checkpoint_source, cache_dir or Path(tmp))
+        encoders = encoders_loader(params, device)
+        precond = load_ema_model(checkpoint, device)
+        check_resolution(precond, encoders.vae, ev.resolution)
+        generation = generation_protocol(checkpoint, prompts_key, ev, encoders.ids)
+        prefix = samples_prefix(params.storage.uri(params.storage.runs_prefix, "_eval"),
+                                generation)
+        samples = generate_missing(precond, encoders.vae, encoders.encode_text, prompts, ev,
+                                   prefix, generation)
+        del precond, encoders
+    if samples.samples != ev.num_samples:
+        raise RuntimeError(f"{prefix}: {samples.samples} cached samples, expected "
+                           f"{ev.num_samples}")
+
+    fid = new_fid(inception)
+    set_real_stats(fid, real)
+    add_images(fid, (image for image, _ in iter_generated(samples)), real=False,
+               batch_size=ev.feature_batch_size, total=samples.samples)
+    clip = None
+    if ev.clip_model is not None:
+        metric = new_clip_score(ev.clip_model, device)
+        add_clip_pairs(metric, iter_generated(samples), ev.feature_batch_size, samples.samples)
+        clip = float(metric.compute())
+
+    dataset = real_record["protocol"]
+    protocol = fid_protocol(ev, dataset, real_record["count"], checkpoint, inception_name)
+    grid = grid_png([image for image, _ in
+                     itertools.islice(iter_generated(samples), ev.grid_images)])
+    result = {"checkpoint": checkpoint_source, "checkpoint_digest": checkpoint.digest,
+              "fid": fid_value(fid), "clip_score": clip, "protocol": protocol,
+              "protocol_hash": protocol_hash(protocol), "generation": generation,
+              "real_stats": real_record["uri"], "real_skipped": real_record["skipped"],
+              "samples": s3.join(prefix, "manifest.json"),
+              "generated_now": samples.stats.get("generated_now", 0)}
+    return Evaluation(result=result, grid_png=grid)

@@ -1,0 +1,84 @@
+"""Evaluation results to MLflow (metrics, protocol, sample grid) and as markdown for Prefect.
+
+Metric names carry the sample count and resolution (FID-10K and FID-30K are not comparable), and
+the full protocol goes with them as tags and a JSON artifact, under a folder named by the
+protocol hash so several evaluations of one run never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from infra.settings import mlflow_uri
+
+EXPERIMENT = "micro-budget"
+
+
+def metric_names(result: dict[str, Any]) -> dict[str, str]:
+    """Protocol-qualified MLflow metric names, e.g. eval/fid_n30000_256px."""
+    protocol = result["protocol"]
+    suffix = f"n{protocol['num_samples']}_{protocol['resolution']}px"
+    return {"fid": f"eval/fid_{suffix}", "clip_score": f"eval/clip_score_{suffix}"}
+
+
+def start_run(name: str) -> str:
+    """A new MLflow run for an evaluation that no training run was given for; returns its id."""
+    client = MlflowClient(tracking_uri=mlflow_uri())
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = (experiment.experiment_id if experiment is not None
+                     else client.create_experiment(EXPERIMENT))
+    run = client.create_run(experiment_id, run_name=name)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def log_result(run_id: str, result: dict[str, Any], grid_png: bytes) -> None:
+    """Log metrics, protocol tags, the protocol/result JSON and the grid PNG to run_id."""
+    client = MlflowClient(tracking_uri=mlflow_uri())
+    names = metric_names(result)
+    client.log_metric(run_id, names["fid"], result["fid"])
+    if result.get("clip_score") is not None:
+        client.log_metric(run_id, names["clip_score"], result["clip_score"])
+    key = result["protocol_hash"]
+    for field, value in result["protocol"].items():
+        client.set_tag(run_id, f"eval.{field}", str(value))
+    client.set_tag(run_id, "eval.protocol_hash", key)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+        (folder / "samples_grid.png").write_bytes(grid_png)
+        client.log_artifacts(run_id, str(folder), artifact_path=f"eval/{key}")
+
+
+def result_markdown(result: dict[str, Any]) -> str:
+    """A short report of one evaluation, for a Prefect markdown artifact."""
+    protocol = result["protocol"]
+    clip = result.get("clip_score")
+    lines = [
+        f"# COCO-2014 val evaluation of `{result['checkpoint']}`",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| FID ({protocol['num_samples']} samples, {protocol['resolution']} px) | "
+        f"{result['fid']:.3f} |",
+        f"| CLIP score ({protocol['clip_model']}) | "
+        f"{'not computed' if clip is None else f'{clip:.3f}'} |",
+        "",
+        "Protocol (numbers are comparable only under an equal protocol):",
+        "",
+        "| field | value |",
+        "|---|---|",
+        *(f"| {field} | {value} |" for field, value in protocol.items()),
+        "",
+        f"Real statistics: {result['real_stats']}; generated images: {result['samples']}.",
+    ]
+    if any(result.get("real_skipped", {}).values()):
+        lines.append(f"Real images skipped: {result['real_skipped']}.")
+    if result.get("mlflow_run_id"):
+        lines.append(f"MLflow run: `{result['mlflow_run_id']}`.")
+    return "\n".join(lines) + "\n"
