@@ -1,0 +1,306 @@
+"""A small generated corpus in each dataset's upstream format, with the defects real sources have.
+
+Everything is derived from one seed, so two generations give the same bytes. URLs inside text
+files use the placeholder host TOKEN; the server replaces it with its own address when serving,
+so a corpus works on whatever port the mirror listens on.
+
+Defects, by dataset (each counted under a failure reason by the download step):
+  cc3m        404, 500, refused connection, corrupt JPEG, HTML served as .jpg, empty caption,
+              non-UTF-8 caption bytes, images under 256 px
+  sa1b        a truncated tar member, an expired (404) link
+  textcaps    404, an image whose captions are all empty, a caption that is not valid UTF-8
+  journeydb   an annotated image missing from its archive, a corrupt image, an empty prompt
+  diffusiondb NSFW-flagged rows (image and prompt scores), a row missing from its zip
+  coco        404
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+import uuid
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
+
+TOKEN = "http://mirror.invalid"
+MARKER = "corpus.json"
+VERSION = 1
+REFUSED_URL = "http://127.0.0.1:9/refused.jpg"  # the discard port: nothing listens there
+WORDS = {
+    "adj": ["red", "small", "old", "bright", "quiet", "wooden", "striped", "distant", "tall"],
+    "noun": ["dog", "house", "boat", "tree", "street", "cup", "bicycle", "mountain", "sign"],
+    "place": ["near the river", "on a table", "in the snow", "at night", "by the sea",
+              "under a bridge", "in a market"],
+}
+
+
+@dataclass(frozen=True)
+class CorpusSize:
+    """Images per dataset; `scale` multiplies them (benchmarks use a larger corpus)."""
+
+    cc3m: int = 60
+    sa1b_archives: int = 3
+    sa1b_per_archive: int = 16
+    textcaps: int = 40
+    journeydb_archives: int = 2
+    journeydb_per_archive: int = 25
+    diffusiondb_parts: int = 2
+    diffusiondb_per_part: int = 25
+    coco: int = 40
+
+    def scaled(self, scale: int) -> "CorpusSize":
+        return CorpusSize(self.cc3m * scale, self.sa1b_archives, self.sa1b_per_archive * scale,
+                          self.textcaps * scale, self.journeydb_archives,
+                          self.journeydb_per_archive * scale, self.diffusiondb_parts,
+                          self.diffusiondb_per_part * scale, self.coco * scale)
+
+
+def caption(rng: random.Random) -> str:
+    return (f"a {rng.choice(WORDS['adj'])} {rng.choice(WORDS['noun'])} "
+            f"{rng.choice(WORDS['place'])}")
+
+
+def image_size(rng: random.Random, small_share: float = 0.15) -> tuple[int, int]:
+    """(width, height): some short sides under 256 px, some above 512 px, ratios 0.6-1.7."""
+    short = rng.randint(120, 250) if rng.random() < small_share else rng.randint(256, 760)
+    long = int(short * rng.uniform(1.0, 1.7))
+    return (short, long) if rng.random() < 0.5 else (long, short)
+
+
+def make_image(rng: random.Random, size: tuple[int, int]) -> Image.Image:
+    """A gradient with a few shapes: cheap to make, not trivially compressible."""
+    width, height = size
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    colors = np.array([[rng.randint(0, 255) for _ in range(3)] for _ in range(2)], np.float32)
+    t = ((xs / width + ys / height) / 2.0)[..., None]
+    pixels = (colors[0] * (1 - t) + colors[1] * t).astype(np.uint8)
+    image = Image.fromarray(pixels, "RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(2, 5)):
+        x0, y0 = rng.randint(0, width - 2), rng.randint(0, height - 2)
+        box = [x0, y0, rng.randint(x0 + 1, width), rng.randint(y0 + 1, height)]
+        fill = tuple(rng.randint(0, 255) for _ in range(3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+    return image
+
+
+def encode(image: Image.Image, fmt: str = "JPEG") -> bytes:
+    out = io.BytesIO()
+    if fmt == "PNG":
+        image.save(out, format="PNG", compress_level=1)
+    else:
+        image.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def jpeg(rng: random.Random) -> bytes:
+    return encode(make_image(rng, image_size(rng)))
+
+
+def corrupt(data: bytes) -> bytes:
+    """A JPEG cut in half: the header parses, the scan data ends early."""
+    return data[: len(data) // 2]
+
+
+def write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def tar_bytes(members: list[tuple[str, bytes]], gzip: bool = False) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz" if gzip else "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+# --- one generator per dataset ---------------------------------------------------------------
+
+
+def cc3m(root: Path, rng: random.Random, n: int) -> None:
+    """Train_GCC-training.tsv: caption<TAB>url per line, no header, as Google ships it."""
+    base = f"{TOKEN}/cc3m/images"
+    lines = []
+    for row in range(n):
+        text = caption(rng).encode()
+        url = f"{base}/{row:05d}.jpg"
+        defect = row % 30 if row < 30 else -1
+        if defect == 3:
+            url = f"{base}/missing-{row}.jpg"
+        elif defect == 7:
+            url = f"{TOKEN}/_status/500"
+        elif defect == 11:
+            url = REFUSED_URL
+        elif defect == 15:
+            write(root / "cc3m/images" / f"{row:05d}.jpg", corrupt(jpeg(rng)))
+        elif defect == 19:
+            text = b""
+        elif defect == 23:
+            text = "caf\u00e9 on a corner".encode("latin-1")
+        elif defect == 27:
+            write(root / "cc3m/images" / f"{row:05d}.jpg", b"<html>moved</html>")
+        if defect not in (3, 7, 11, 15, 27):
+            write(root / "cc3m/images" / f"{row:05d}.jpg", jpeg(rng))
+        lines.append(text + b"\t" + url.encode())
+    write(root / "cc3m/Train_GCC-training.tsv", b"\n".join(lines) + b"\n")
+
+
+def sa1b(root: Path, rng: random.Random, archives: int, per_archive: int) -> None:
+    """links.txt (file_name<TAB>cdn_link, header) and sa_NNNNNN.tar of sa_<id>.jpg + .json."""
+    links = ["file_name\tcdn_link"]
+    image_id = 1
+    for a in range(archives):
+        name = f"sa_{a:06d}.tar"
+        members = []
+        for _ in range(per_archive):
+            size = image_size(rng, small_share=0.0)
+            record = {"image": {"image_id": image_id, "width": size[0], "height": size[1],
+                                "file_name": f"sa_{image_id}.jpg"},
+                      "annotations": [{"id": image_id * 10, "bbox": [0, 0, 10, 10],
+                                       "area": 100, "segmentation": {"size": [size[1], size[0]],
+                                                                     "counts": "0"}}]}
+            members.append((f"sa_{image_id}.jpg", encode(make_image(rng, size))))
+            members.append((f"sa_{image_id}.json", json.dumps(record).encode()))
+            image_id += 1
+        data = tar_bytes(members)
+        if a == archives - 1:
+            # Cut inside the jpg of the third-to-last image: a truncated tar member.
+            cut = data.index(members[-6][0].encode()) + 512 + len(members[-6][1]) // 2
+            data = data[:cut]
+        write(root / "sa1b" / name, data)
+        links.append(f"{name}\t{TOKEN}/sa1b/{name}")
+    links.append(f"sa_{archives:06d}.tar\t{TOKEN}/sa1b/expired/sa_{archives:06d}.tar")
+    write(root / "sa1b/links.txt", ("\n".join(links) + "\n").encode())
+
+
+def textcaps(root: Path, rng: random.Random, n: int) -> None:
+    """TextCaps_0.1_train.json: one `data` entry per caption, grouped by image_id."""
+    entries = []
+    for i in range(n):
+        image_id = f"{rng.getrandbits(64):016x}"
+        texts = [caption(rng) for _ in range(rng.randint(2, 5))]
+        if i == 5:
+            texts = ["", "  "]
+        elif i == 8:
+            texts[0] = "a sign reading \udcff"  # a lone surrogate: valid JSON, not UTF-8 text
+        elif i == 9:
+            texts = ["\udcfe\udcff"]
+        if i != 2:
+            write(root / "textcaps/images" / f"{image_id}.jpg", jpeg(rng))
+        for caption_id, text in enumerate(texts):
+            entries.append({
+                "image_id": image_id, "image_classes": ["Sign"], "image_name": image_id,
+                "flickr_original_url": f"{TOKEN}/textcaps/images/{image_id}.jpg",
+                "flickr_300k_url": f"{TOKEN}/textcaps/images/{image_id}.jpg",
+                "image_width": 0, "image_height": 0, "set_name": "train",
+                "image_path": f"train/{image_id}.jpg", "caption_id": caption_id,
+                "caption_str": text, "caption_tokens": text.split(), "reference_strs": texts,
+            })
+    doc = {"dataset_type": "train", "dataset_name": "textcaps", "data": entries}
+    write(root / "textcaps/TextCaps_0.1_train.json", json.dumps(doc).encode())
+
+
+def journeydb(root: Path, rng: random.Random, archives: int, per_archive: int) -> None:
+    """data/train/imgs/NNN.tgz of NNN/<id>.jpg and the annotation jsonl inside a .tgz."""
+    lines = []
+    for a in range(archives):
+        folder = f"{a:03d}"
+        members = []
+        for i in range(per_archive):
+            stem = f"{rng.getrandbits(96):024x}"
+            prompt = caption(rng) + ", cinematic lighting --ar 3:2"
+            if a == 0 and i == 4:
+                prompt = ""
+            lines.append(json.dumps({"img_path": f"./{folder}/{stem}.jpg", "prompt": prompt,
+                                     "Task2": {"Caption": caption(rng)}}))
+            if a == 0 and i == 6:
+                continue  # annotated, but absent from the archive
+            data = jpeg(rng)
+            members.append((f"{folder}/{stem}.jpg", b"\x00garbage" if i == 8 else data))
+        write(root / f"journeydb/data/train/imgs/{folder}.tgz", tar_bytes(members, gzip=True))
+    jsonl = ("\n".join(lines) + "\n").encode()
+    write(root / "journeydb/data/train/train_anno_realease_repath.jsonl.tgz",
+          tar_bytes([("train_anno_realease_repath.jsonl", jsonl)], gzip=True))
+
+
+def diffusiondb(root: Path, rng: random.Random, parts: int, per_part: int) -> None:
+    """metadata.parquet and images/part-NNNNNN.zip of <uuid>.png + part-NNNNNN.json."""
+    rows = []
+    for part in range(1, parts + 1):
+        name = f"part-{part:06d}"
+        index = {}
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+            for i in range(per_part):
+                image_name = f"{uuid.UUID(int=rng.getrandbits(128), version=4)}.png"
+                size = rng.choice([(512, 512), (512, 768), (768, 512), (640, 640), (200, 300)])
+                prompt = caption(rng) + ", trending on artstation"
+                image_nsfw = 0.9 if i % 9 == 3 else round(rng.uniform(0.0, 0.15), 4)
+                prompt_nsfw = 0.5 if i % 11 == 5 else round(rng.uniform(0.0, 0.15), 4)
+                rows.append({"image_name": image_name, "prompt": prompt, "part_id": part,
+                             "seed": rng.getrandbits(31), "step": 50, "cfg": 7.0,
+                             "sampler": 8, "width": size[0], "height": size[1],
+                             "user_name": "u", "timestamp": 1660000000 + i,
+                             "image_nsfw": image_nsfw, "prompt_nsfw": prompt_nsfw})
+                if part == 1 and i == 2:
+                    continue  # listed in the metadata, absent from the zip
+                index[image_name] = {"p": prompt, "se": rows[-1]["seed"], "c": 7.0, "st": 50}
+                archive.writestr(image_name, encode(make_image(rng, size), "PNG"))
+            archive.writestr(f"{name}.json", json.dumps(index))
+        write(root / f"diffusiondb/images/{name}.zip", out.getvalue())
+    target = root / "diffusiondb/metadata.parquet"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), target)
+
+
+def coco(root: Path, rng: random.Random, n: int) -> None:
+    """annotations/captions_val2014.json and val2014/COCO_val2014_<id>.jpg."""
+    images, annotations = [], []
+    for i in range(n):
+        image_id = 100 + i * 7
+        file_name = f"COCO_val2014_{image_id:012d}.jpg"
+        size = image_size(rng, small_share=0.0)
+        images.append({"id": image_id, "file_name": file_name, "width": size[0],
+                       "height": size[1], "coco_url": f"{TOKEN}/coco/val2014/{file_name}",
+                       "flickr_url": f"{TOKEN}/coco/val2014/{file_name}", "license": 1})
+        for j in range(5):
+            annotations.append({"id": image_id * 10 + j, "image_id": image_id,
+                                "caption": caption(rng).capitalize() + "."})
+        if i != 1:
+            write(root / "coco/val2014" / file_name, encode(make_image(rng, size)))
+    doc = {"info": {"description": "generated mirror"}, "licenses": [], "images": images,
+           "annotations": annotations}
+    write(root / "coco/annotations/captions_val2014.json", json.dumps(doc).encode())
+
+
+def generate(root: Path, seed: int = 0, size: CorpusSize = CorpusSize()) -> dict:
+    """Write the whole corpus under `root` (and nothing outside it); returns its marker."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    cc3m(root, rng, size.cc3m)
+    sa1b(root, rng, size.sa1b_archives, size.sa1b_per_archive)
+    textcaps(root, rng, size.textcaps)
+    journeydb(root, rng, size.journeydb_archives, size.journeydb_per_archive)
+    diffusiondb(root, rng, size.diffusiondb_parts, size.diffusiondb_per_part)
+    coco(root, rng, size.coco)
+    marker = {"version": VERSION, "seed": seed, "size": asdict(size)}
+    # The marker is written last: its presence means the corpus is complete.
+    (root / MARKER).write_text(json.dumps(marker, indent=2))
+    return marker
+
+
+def is_generated(root: Path) -> bool:
+    path = root / MARKER
+    return path.exists() and json.loads(path.read_text()).get("version") == VERSION
