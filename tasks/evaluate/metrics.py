@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -105,6 +105,29 @@ def resolve_model_path(name: str) -> str:
     return str(path) if path.is_dir() else name
 
 
+class ProjectedCLIP(torch.nn.Module):
+    """A CLIPModel whose get_*_features return the projected embedding tensor.
+
+    transformers 5 returns a model output (projection in pooler_output) where torchmetrics 1.9
+    expects the tensor itself.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.config = model.config
+
+    @staticmethod
+    def _tensor(out: Any) -> torch.Tensor:
+        return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def get_image_features(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self._tensor(self.model.get_image_features(*args, **kwargs))
+
+    def get_text_features(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self._tensor(self.model.get_text_features(*args, **kwargs))
+
+
 def new_clip_score(model: str, device: str | torch.device = "cpu") -> CLIPScore:
     """torchmetrics CLIPScore over any CLIP checkpoint loadable with from_pretrained."""
     from transformers import CLIPModel, CLIPProcessor
@@ -113,7 +136,8 @@ def new_clip_score(model: str, device: str | torch.device = "cpu") -> CLIPScore:
 
     def loader():
         # torchmetrics accepts only a fixed list of hub ids by name; a loader lifts that limit.
-        return CLIPModel.from_pretrained(source).eval(), CLIPProcessor.from_pretrained(source)
+        return (ProjectedCLIP(CLIPModel.from_pretrained(source)),
+                CLIPProcessor.from_pretrained(source))
 
     return CLIPScore(model_name_or_path=loader).to(device)
 
@@ -129,11 +153,12 @@ def add_clip_pairs(metric: CLIPScore, pairs: Iterable[tuple[torch.Tensor, str]],
             images.append(image)
             captions.append(caption)
             if len(images) == batch_size:
-                metric.update(torch.stack(images), captions)
+                # torchmetrics runs CLIP on the images' device: send them where the metric is.
+                metric.update(torch.stack(images).to(metric.device), captions)
                 count, images, captions = count + len(images), [], []
                 bar.update(batch_size)
         if images:
-            metric.update(torch.stack(images), captions)
+            metric.update(torch.stack(images).to(metric.device), captions)
             count += len(images)
             bar.update(len(images))
     return count

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,26 @@ def save_tiny_encoders(folder: Path, caption_dim: int) -> dict[str, str]:
                                         eos_token_id=len(tokenizer) - 1))
     text.save_pretrained(folder / "text")
     return {"vae": str(folder / "vae"), "text": str(folder / "text")}
+
+
+def save_tiny_clip(folder: Path, text_folder: str) -> str:
+    """Random-init CLIPModel + CLIPProcessor (32 px images) for CLIP score, saved."""
+    from transformers import (AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel,
+                              CLIPProcessor)
+
+    tokenizer = AutoTokenizer.from_pretrained(text_folder)
+    text = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "max_position_embeddings": 77,
+            "eos_token_id": len(tokenizer) - 1}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 32, "patch_size": 8}
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision,
+                         projection_dim=16)).save_pretrained(folder / "clip")
+    images = CLIPImageProcessor(size={"shortest_edge": 32},
+                                crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder / "clip")
+    return str(folder / "clip")
 
 
 def jpeg(seed: int) -> bytes:
@@ -148,6 +169,17 @@ def test_rerun_reuses_caches_and_regenerates_only_a_lost_batch(setup, first):
     assert resumed["generated_now"] == 1
     # Per-sample seeds: the regenerated batch is the same images, so the same FID.
     assert resumed["fid"] == pytest.approx(first.result["fid"], rel=1e-6)
+
+
+def test_clip_score_when_a_clip_model_is_configured(setup, first, tmp_path):
+    params, checkpoint, loader = setup
+    clip = save_tiny_clip(tmp_path, str(Path(checkpoint).parent / "text"))
+    with_clip = replace(params, evaluate=replace(params.evaluate, clip_model=clip))
+    result = evaluate(with_clip, checkpoint, loader).result
+    assert result["generated_now"] == 0  # CLIP score reuses the cached samples
+    assert 0.0 <= result["clip_score"] <= 100.0
+    assert result["protocol"]["clip_model"] == clip
+    assert result["fid"] == pytest.approx(first.result["fid"], rel=1e-6)
 
 
 def test_results_go_to_mlflow(mlflow_service, first):
