@@ -12,7 +12,7 @@ import itertools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torchmetrics
@@ -39,6 +39,9 @@ class Encoders:
     vae: Any  # diffusers AutoencoderKL
     encode_text: TextEncoder
     ids: dict[str, str]  # names recorded in the generation protocol
+
+
+EncodersLoader = Callable[[Params, torch.device], Encoders]
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def fid_protocol(ev: EvaluateParams, dataset: dict[str, Any], real_count: int,
             "metrics_impl": f"torchmetrics-{torchmetrics.__version__}"}
 
 
-def evaluate(params: Params, checkpoint_source: str, encoders_loader,
+def evaluate(params: Params, checkpoint_source: str, encoders_loader: EncodersLoader,
              cache_dir: Path | None = None) -> Evaluation:
     """FID (+ CLIP score) of a checkpoint on COCO val captions under params.evaluate.
 
