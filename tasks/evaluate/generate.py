@@ -206,7 +206,7 @@ def generate_missing(precond: EDMPrecond, vae: Any, encode_text: TextEncoder,
             shard.path.unlink(missing_ok=True)
             bar.update(len(indices))
     return write_manifest("generated", prefix, stats={"protocol": protocol,
-                                                      "generated_now": len(todo)})
+                                                      "batches_generated": len(todo)})
 
 
 def iter_generated(manifest: Manifest) -> Iterator[tuple[torch.Tensor, str]]:

@@ -80,7 +80,6 @@ def evaluate(params: Params, checkpoint_source: str, encoders_loader: EncodersLo
     """
     ev = params.evaluate
     device = resolve_device(ev.device)
-    torch.manual_seed(ev.seed)
     raw_prefix = params.storage.uri(params.storage.raw_prefix, ev.dataset)
     manifest = read_manifest(raw_prefix)
     if manifest is None or not manifest.shards:
@@ -127,5 +126,5 @@ def evaluate(params: Params, checkpoint_source: str, encoders_loader: EncodersLo
               "protocol_hash": protocol_hash(protocol), "generation": generation,
               "real_stats": real_record["uri"], "real_skipped": real_record["skipped"],
               "samples": s3.join(prefix, "manifest.json"),
-              "generated_now": samples.stats.get("generated_now", 0)}
+              "batches_generated": samples.stats.get("batches_generated", 0)}
     return Evaluation(result=result, grid_png=grid)

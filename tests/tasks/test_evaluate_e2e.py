@@ -142,7 +142,7 @@ def first(setup):
 def test_evaluates_a_checkpoint_end_to_end(first):
     result = first.result
     assert result["fid"] > 0 and result["clip_score"] is None
-    assert result["generated_now"] == NUM_SAMPLES // BATCH
+    assert result["batches_generated"] == NUM_SAMPLES // BATCH
     assert result["real_skipped"]["corrupt_image"] == 1
     protocol = result["protocol"]
     assert protocol["num_samples"] == NUM_SAMPLES and protocol["num_real"] == NUM_REAL
@@ -157,7 +157,7 @@ def test_evaluates_a_checkpoint_end_to_end(first):
 def test_rerun_reuses_caches_and_regenerates_only_a_lost_batch(setup, first):
     params, checkpoint, loader = setup
     again = evaluate(params, checkpoint, loader).result
-    assert again["generated_now"] == 0
+    assert again["batches_generated"] == 0
     assert again["fid"] == pytest.approx(first.result["fid"], rel=1e-6)
 
     # Lose the second batch as a crash before its commit would: no record, no shard.
@@ -166,7 +166,7 @@ def test_rerun_reuses_caches_and_regenerates_only_a_lost_batch(setup, first):
     s3.delete(s3.join(samples_prefix, "_done", "batch-000001.json"))
     s3.delete(record.uri)
     resumed = evaluate(params, checkpoint, loader).result
-    assert resumed["generated_now"] == 1
+    assert resumed["batches_generated"] == 1
     # Per-sample seeds: the regenerated batch is the same images, so the same FID.
     assert resumed["fid"] == pytest.approx(first.result["fid"], rel=1e-6)
 
@@ -176,7 +176,7 @@ def test_clip_score_when_a_clip_model_is_configured(setup, first, tmp_path):
     clip = save_tiny_clip(tmp_path, str(Path(checkpoint).parent / "text"))
     with_clip = replace(params, evaluate=replace(params.evaluate, clip_model=clip))
     result = evaluate(with_clip, checkpoint, loader).result
-    assert result["generated_now"] == 0  # CLIP score reuses the cached samples
+    assert result["batches_generated"] == 0  # CLIP score reuses the cached samples
     assert 0.0 <= result["clip_score"] <= 100.0
     assert result["protocol"]["clip_model"] == clip
     assert result["fid"] == pytest.approx(first.result["fid"], rel=1e-6)
