@@ -169,6 +169,9 @@ def _seaweed_cmd() -> list[str]:
         f"-master.port={p.master}", f"-volume.port={p.volume}", f"-filer.port={p.filer}",
         "-s3", f"-s3.port={p.s3}", "-s3.port.iceberg=0", "-s3.port.lance=0",
         "-volume.preStopSeconds=0", f"-s3.config={s3_identities_file()}",
+        # Each bucket is its own collection and grows several volumes at once: small volumes
+        # and a high cap keep one machine from running out of writable volumes.
+        "-master.volumeSizeLimitMB=512", "-volume.max=300",
     ]
 
 
@@ -176,7 +179,7 @@ def _seaweed_ports() -> list[int]:
     p = settings.ports()
     # SeaweedFS also serves gRPC on each HTTP port + 10000.
     http = [p.s3, p.master, p.volume, p.filer]
-    return http + [x + 10000 for x in (p.master, p.volume, p.filer)]
+    return http + [x + 10000 for x in http]
 
 
 def _mlflow_cmd() -> list[str]:
