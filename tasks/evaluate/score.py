@@ -18,7 +18,7 @@ import torch
 import torchmetrics
 
 from infra import s3
-from tasks.common.shards import read_manifest
+from tasks.common.shards import Manifest, read_manifest
 from tasks.evaluate.config import EvaluateParams
 from tasks.evaluate.generate import (Checkpoint, TextEncoder, cached_prompts, check_resolution,
                                      fetch_checkpoint, generate_missing, generation_protocol,
@@ -71,6 +71,51 @@ def fid_protocol(ev: EvaluateParams, dataset: dict[str, Any], real_count: int,
             "metrics_impl": f"torchmetrics-{torchmetrics.__version__}"}
 
 
+def coco_manifest(params: Params) -> tuple[Manifest, str]:
+    """The raw evaluation dataset's manifest and the root of its FID caches."""
+    raw_prefix = params.storage.uri(params.storage.raw_prefix, params.evaluate.dataset)
+    manifest = read_manifest(raw_prefix)
+    if manifest is None or not manifest.shards:
+        raise FileNotFoundError(f"no {params.evaluate.dataset} manifest with shards at "
+                                f"{raw_prefix}: run the download step for it first")
+    return manifest, s3.join(raw_prefix, "_fid")
+
+
+@dataclass(frozen=True)
+class Generated:
+    checkpoint: Checkpoint
+    protocol: dict[str, Any]  # the generation protocol (cache key)
+    samples: Manifest  # committed PNG shards, one per batch
+
+
+def generated_side(params: Params, checkpoint_source: str, encoders_loader: EncodersLoader,
+                   prompts: list[str], prompts_key: str, device: torch.device,
+                   cache_dir: Path) -> Generated:
+    """Generate (or find cached) samples for every prompt with the checkpoint's EMA weights."""
+    ev = params.evaluate
+    checkpoint = fetch_checkpoint(checkpoint_source, cache_dir)
+    encoders = encoders_loader(params, device)
+    precond = load_ema_model(checkpoint, device)
+    check_resolution(precond, encoders.vae, ev.resolution)
+    protocol = generation_protocol(checkpoint, prompts_key, ev, encoders.ids)
+    prefix = samples_prefix(params.storage.uri(params.storage.runs_prefix, "_eval"), protocol)
+    samples = generate_missing(precond, encoders.vae, encoders.encode_text, prompts, ev, prefix,
+                               protocol)
+    if samples.samples != ev.num_samples:
+        raise RuntimeError(f"{prefix}: {samples.samples} cached samples, expected "
+                           f"{ev.num_samples}")
+    return Generated(checkpoint=checkpoint, protocol=protocol, samples=samples)
+
+
+def clip_score(ev: EvaluateParams, samples: Manifest, device: torch.device) -> float | None:
+    """CLIP score of the samples against their prompts, or None without a CLIP model."""
+    if ev.clip_model is None:
+        return None
+    metric = new_clip_score(ev.clip_model, device)
+    add_clip_pairs(metric, iter_generated(samples), ev.feature_batch_size, samples.samples)
+    return float(metric.compute())
+
+
 def evaluate(params: Params, checkpoint_source: str, encoders_loader: EncodersLoader,
              cache_dir: Path | None = None) -> Evaluation:
     """FID (+ CLIP score) of a checkpoint on COCO val captions under params.evaluate.
@@ -80,51 +125,30 @@ def evaluate(params: Params, checkpoint_source: str, encoders_loader: EncodersLo
     """
     ev = params.evaluate
     device = resolve_device(ev.device)
-    raw_prefix = params.storage.uri(params.storage.raw_prefix, ev.dataset)
-    manifest = read_manifest(raw_prefix)
-    if manifest is None or not manifest.shards:
-        raise FileNotFoundError(f"no {ev.dataset} manifest with shards at {raw_prefix}: run the "
-                                "download step for it first")
-    fid_root = s3.join(raw_prefix, "_fid")
+    manifest, fid_root = coco_manifest(params)
     inception = load_inception(ev.inception, device)
     inception_name = inception_id(ev.inception)
     real, real_record = cached_real_stats(fid_root, manifest, ev.resolution, ev.num_real,
                                           inception, inception_name, ev.feature_batch_size)
     prompts, prompts_key = cached_prompts(fid_root, manifest, ev.num_samples, ev.seed)
-
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = fetch_checkpoint(checkpoint_source, cache_dir or Path(tmp))
-        encoders = encoders_loader(params, device)
-        precond = load_ema_model(checkpoint, device)
-        check_resolution(precond, encoders.vae, ev.resolution)
-        generation = generation_protocol(checkpoint, prompts_key, ev, encoders.ids)
-        prefix = samples_prefix(params.storage.uri(params.storage.runs_prefix, "_eval"),
-                                generation)
-        samples = generate_missing(precond, encoders.vae, encoders.encode_text, prompts, ev,
-                                   prefix, generation)
-        del precond, encoders
-    if samples.samples != ev.num_samples:
-        raise RuntimeError(f"{prefix}: {samples.samples} cached samples, expected "
-                           f"{ev.num_samples}")
+        generated = generated_side(params, checkpoint_source, encoders_loader, prompts,
+                                   prompts_key, device, cache_dir or Path(tmp))
+    samples = generated.samples
 
     fid = new_fid(inception)
     set_real_stats(fid, real)
     add_images(fid, (image for image, _ in iter_generated(samples)), real=False,
                batch_size=ev.feature_batch_size, total=samples.samples)
-    clip = None
-    if ev.clip_model is not None:
-        metric = new_clip_score(ev.clip_model, device)
-        add_clip_pairs(metric, iter_generated(samples), ev.feature_batch_size, samples.samples)
-        clip = float(metric.compute())
-
-    dataset = real_record["protocol"]
-    protocol = fid_protocol(ev, dataset, real_record["count"], checkpoint, inception_name)
+    protocol = fid_protocol(ev, real_record["protocol"], real_record["count"],
+                            generated.checkpoint, inception_name)
     grid = grid_png([image for image, _ in
                      itertools.islice(iter_generated(samples), ev.grid_images)])
-    result = {"checkpoint": checkpoint_source, "checkpoint_digest": checkpoint.digest,
-              "fid": fid_value(fid), "clip_score": clip, "protocol": protocol,
-              "protocol_hash": protocol_hash(protocol), "generation": generation,
-              "real_stats": real_record["uri"], "real_skipped": real_record["skipped"],
-              "samples": s3.join(prefix, "manifest.json"),
+    result = {"checkpoint": checkpoint_source, "checkpoint_digest": generated.checkpoint.digest,
+              "fid": fid_value(fid), "clip_score": clip_score(ev, samples, device),
+              "protocol": protocol, "protocol_hash": protocol_hash(protocol),
+              "generation": generated.protocol, "real_stats": real_record["uri"],
+              "real_skipped": real_record["skipped"],
+              "samples": s3.join(samples.prefix, "manifest.json"),
               "batches_generated": samples.stats.get("batches_generated", 0)}
     return Evaluation(result=result, grid_png=grid)
