@@ -139,12 +139,22 @@ def vae_downscale(vae: Any) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def check_resolution(precond: EDMPrecond, vae: Any, resolution: int) -> None:
-    side = precond.net.config.input_size * vae_downscale(vae)
+def check_compatible(precond: EDMPrecond, vae: Any, encode_text: TextEncoder,
+                     resolution: int) -> None:
+    """Fail early, with the fix in the message, when model, encoders and params disagree."""
+    cfg = precond.net.config
+    side = cfg.input_size * vae_downscale(vae)
     if side != resolution:
         raise ValueError(f"evaluate.resolution={resolution} px but the checkpoint generates "
-                         f"{precond.net.config.input_size} latent px x {vae_downscale(vae)} = "
-                         f"{side} px: set evaluate.resolution to {side}")
+                         f"{cfg.input_size} latent px x {vae_downscale(vae)} = {side} px: "
+                         f"set evaluate.resolution to {side}")
+    if vae.config.latent_channels != cfg.latent_channels:
+        raise ValueError(f"VAE has {vae.config.latent_channels} latent channels, the "
+                         f"checkpoint {cfg.latent_channels}")
+    text_dim = encode_text([""]).shape[-1]
+    if text_dim != cfg.caption_dim:
+        raise ValueError(f"text encoder gives {text_dim}-d tokens, the checkpoint expects "
+                         f"caption_dim {cfg.caption_dim}: not the encoder it was trained with")
 
 
 @torch.no_grad()

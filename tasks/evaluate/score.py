@@ -20,7 +20,7 @@ import torchmetrics
 from infra import s3
 from tasks.common.shards import Manifest, read_manifest
 from tasks.evaluate.config import EvaluateParams
-from tasks.evaluate.generate import (Checkpoint, TextEncoder, cached_prompts, check_resolution,
+from tasks.evaluate.generate import (Checkpoint, TextEncoder, cached_prompts, check_compatible,
                                      fetch_checkpoint, generate_missing, generation_protocol,
                                      iter_generated, load_ema_model, samples_prefix)
 from tasks.evaluate.grid import grid_png
@@ -96,7 +96,7 @@ def generated_side(params: Params, checkpoint_source: str, encoders_loader: Enco
     checkpoint = fetch_checkpoint(checkpoint_source, cache_dir)
     encoders = encoders_loader(params, device)
     precond = load_ema_model(checkpoint, device)
-    check_resolution(precond, encoders.vae, ev.resolution)
+    check_compatible(precond, encoders.vae, encoders.encode_text, ev.resolution)
     protocol = generation_protocol(checkpoint, prompts_key, ev, encoders.ids)
     prefix = samples_prefix(params.storage.uri(params.storage.runs_prefix, "_eval"), protocol)
     samples = generate_missing(precond, encoders.vae, encoders.encode_text, prompts, ev, prefix,

@@ -22,6 +22,7 @@ from model.io import save_pretrained
 from model.microdit import build_model
 from tasks.common.shards import LocalShard, commit_shard, done_records, write_manifest
 from tasks.evaluate.encoders import load_encoders_from
+from tasks.evaluate.generate import check_compatible, fetch_checkpoint, load_ema_model
 from tasks.evaluate.score import evaluate
 from tasks.evaluate.tracking import log_result, metric_names, result_markdown, start_run
 from tasks.params import Params
@@ -165,6 +166,15 @@ def test_rerun_reuses_caches_and_regenerates_only_a_lost_batch(setup, first):
     assert resumed["batches_generated"] == 1  # the committed batch is reused
     # Per-sample seeds: the regenerated batch is the same images, so the same FID.
     assert resumed["fid"] == pytest.approx(first.result["fid"], rel=1e-6)
+
+
+def test_mismatched_resolution_fails_early_with_the_fix(setup):
+    params, checkpoint, loader = setup
+    encoders = loader(params, torch.device("cpu"))
+    precond = load_ema_model(fetch_checkpoint(checkpoint, Path(checkpoint)), torch.device("cpu"))
+    check_compatible(precond, encoders.vae, encoders.encode_text, 16)
+    with pytest.raises(ValueError, match="set evaluate.resolution to 16"):
+        check_compatible(precond, encoders.vae, encoders.encode_text, 32)
 
 
 def test_clip_score_when_a_clip_model_is_configured(setup, first, tmp_path):
