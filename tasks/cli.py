@@ -13,12 +13,14 @@ import argparse
 import importlib
 import json
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
 from infra.config import ConfigError, to_dict
 from tasks.params import PROFILES, load_params
+from tasks.report.ledger import envelope
 
 STEPS = ("download", "caption", "encode", "train", "evaluate", "report")
 # Sections whose values each step reads, shown by --dry-run next to storage and cost.
@@ -53,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(resolved(params, args.step), sort_keys=False), end="")
         return 0
     module = importlib.import_module(f"tasks.{args.step}.step")
+    started = time.monotonic()
     summary = module.run(params)
+    if args.step != "report":
+        # The envelope carries the wall time that the report prices.
+        summary = envelope(args.step, summary, time.monotonic() - started)
     text = json.dumps(summary, indent=2, sort_keys=True, default=str)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,76 @@
+"""Report step: cost ledger, metrics and sample grid to MLflow and a Prefect artifact.
+
+In the flow, `report_pipeline` receives the step envelopes and the parent MLflow run opened at
+the start of the pipeline. From the CLI / DVC, `run` reads the step envelopes that the earlier
+stages wrote to out/ and opens its own parent run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from infra.settings import REPO_ROOT, mlflow_uri
+from tasks.params import Params
+from tasks.report.ledger import STEPS, ledger, rows_as_dicts, totals
+from tasks.report.summary import final_metrics, report_markdown
+from tasks.report.tracking import (finish_pipeline_run, log_step_run, run_url,
+                                   start_pipeline_run)
+
+OUT = REPO_ROOT / "out"
+
+
+def eval_grid(envelopes: list[dict[str, Any]]) -> bytes | None:
+    """The evaluation's sample grid, fetched from its MLflow run (None if there is none)."""
+    ev = next((e["result"] for e in envelopes if e["step"] == "evaluate"), {})
+    run_id, key = ev.get("mlflow_run_id"), ev.get("protocol_hash")
+    if not run_id or not key:
+        return None
+    client = MlflowClient(tracking_uri=mlflow_uri())
+    path = client.download_artifacts(run_id, f"eval/{key}/samples_grid.png")
+    return Path(path).read_bytes()
+
+
+def report(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str) -> dict[str, Any]:
+    """Log every step as a nested run, close the parent with the cost table; return the report."""
+    rows = ledger(envelopes, params.cost)
+    for row, env in zip(rows, envelopes):
+        log_step_run(parent_run_id, row, env.get("result") or {})
+    metrics = final_metrics(envelopes)
+    link = run_url(parent_run_id)
+    markdown = report_markdown(params.profile, envelopes, rows, link)
+    finish_pipeline_run(parent_run_id, rows, metrics, markdown, eval_grid(envelopes))
+    return {"mlflow_run_id": parent_run_id, "mlflow_url": link, "cost": rows_as_dicts(rows),
+            "totals": totals(rows), "metrics": metrics, "markdown": markdown}
+
+
+@task(name="report", retries=2, retry_delay_seconds=10)
+def report_pipeline(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str
+                    ) -> dict[str, Any]:
+    result = report(params, envelopes, parent_run_id)
+    create_markdown_artifact(key="pipeline-report", markdown=result["markdown"],
+                             description="micro-budget pipeline: datasets, cost, FID")
+    return result
+
+
+def read_envelopes(folder: Path = OUT) -> list[dict[str, Any]]:
+    """The step envelopes written by `python -m tasks <step> --out out/<step>.json`."""
+    envelopes = []
+    for step in STEPS:
+        path = folder / f"{step}.json"
+        if path.exists():
+            envelopes.append(json.loads(path.read_text()))
+    return envelopes
+
+
+def run(params: Params) -> dict[str, Any]:
+    envelopes = read_envelopes()
+    parent = start_pipeline_run(params, f"dvc-{params.profile}", tags={"driver": "dvc"})
+    result = report(params, envelopes, parent)
+    (OUT / "report.md").write_text(result["markdown"])
+    return {k: v for k, v in result.items() if k != "markdown"}

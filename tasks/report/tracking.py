@@ -1,0 +1,89 @@
+"""The pipeline run in MLflow: one parent run per pipeline run, a nested run per step.
+
+The parent carries the profile, the cost table (per-step and total device-hours and dollars) and
+the final FID, so runs can be compared side by side in the MLflow UI; each step's nested run holds
+its own wall time, cost and summary.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from infra.config import flatten, to_dict
+from infra.settings import mlflow_uri
+from tasks.params import Params
+from tasks.report.ledger import LedgerRow, rows_as_dicts, totals
+
+EXPERIMENT = "micro-budget"
+
+
+def _client() -> MlflowClient:
+    return MlflowClient(tracking_uri=mlflow_uri())
+
+
+def experiment_id(client: MlflowClient) -> str:
+    found = client.get_experiment_by_name(EXPERIMENT)
+    return found.experiment_id if found is not None else client.create_experiment(EXPERIMENT)
+
+
+def start_pipeline_run(params: Params, name: str, tags: dict[str, str] | None = None) -> str:
+    """Create the parent run (left open until finish_pipeline_run); returns its id."""
+    client = _client()
+    run = client.create_run(experiment_id(client), run_name=name,
+                            tags={"profile": params.profile, "kind": "pipeline", **(tags or {})})
+    for key, value in flatten(to_dict(params)).items():
+        # MLflow caps a param value at 6000 characters; params.yaml values are far shorter.
+        client.log_param(run.info.run_id, key, str(value)[:500])
+    return run.info.run_id
+
+
+def log_step_run(parent_id: str, row: LedgerRow, result: dict[str, Any]) -> str:
+    """A nested run for one step: wall time, devices, cost and its JSON summary."""
+    client = _client()
+    parent = client.get_run(parent_id)
+    run = client.create_run(parent.info.experiment_id, run_name=row.step,
+                            tags={MLFLOW_PARENT_RUN_ID: parent_id, "kind": "step",
+                                  "step": row.step, "profile": parent.data.tags.get("profile", "")})
+    run_id = run.info.run_id
+    client.log_metric(run_id, "seconds", row.seconds)
+    client.log_metric(run_id, "device_hours", row.device_hours)
+    client.log_metric(run_id, "cost_usd", row.cost_usd)
+    client.set_tag(run_id, "device_type", row.device_type)
+    client.log_dict(run_id, result, f"{row.step}_summary.json")
+    client.set_terminated(run_id)
+    return run_id
+
+
+def finish_pipeline_run(parent_id: str, rows: list[LedgerRow], metrics: dict[str, float],
+                        report_md: str, grid_png: bytes | None = None) -> None:
+    """Cost table, totals and final metrics on the parent run, then close it."""
+    client = _client()
+    total = totals(rows)
+    for row in rows:
+        client.log_metric(parent_id, f"cost_usd/{row.step}", row.cost_usd)
+        client.log_metric(parent_id, f"device_hours/{row.step}", row.device_hours)
+    client.log_metric(parent_id, "cost_usd", total["cost_usd"])
+    client.log_metric(parent_id, "device_hours", total["device_hours"])
+    client.log_metric(parent_id, "wall_seconds", total["seconds"])
+    for key, value in metrics.items():
+        client.log_metric(parent_id, key, value)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "cost_table.json").write_text(json.dumps(rows_as_dicts(rows), indent=2))
+        (folder / "report.md").write_text(report_md)
+        if grid_png:
+            (folder / "samples_grid.png").write_bytes(grid_png)
+        client.log_artifacts(parent_id, str(folder), artifact_path="report")
+    client.set_terminated(parent_id)
+
+
+def run_url(run_id: str) -> str:
+    client = _client()
+    run = client.get_run(run_id)
+    return f"{mlflow_uri()}/#/experiments/{run.info.experiment_id}/runs/{run_id}"

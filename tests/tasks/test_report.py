@@ -1,0 +1,47 @@
+"""The report prices every step and lands a parent run with nested step runs in MLflow."""
+
+from __future__ import annotations
+
+from mlflow.tracking import MlflowClient
+
+from tasks.common.cost import CostParams
+from tasks.params import load_params
+from tasks.report.ledger import envelope, ledger, totals
+from tasks.report.step import report
+from tasks.report.tracking import start_pipeline_run
+
+
+def test_ledger_prices_gpu_steps_at_the_gpu_rate():
+    cost = CostParams(gpu_type="H100", usd_per_gpu_hour={"cpu": 0.1, "H100": 3.75})
+    rows = ledger([envelope("download", {}, 3600.0),
+                   envelope("train", {"gpus": 8, "gpu_seconds_per_device": 1800.0}, 1900.0),
+                   envelope("encode", {}, 7200.0)], cost)
+    by = {r.step: r for r in rows}
+    assert by["download"].device_type == "cpu" and abs(by["download"].cost_usd - 0.1) < 1e-9
+    # 8 GPUs x 0.5 h x $3.75 = $15: the trainer's own GPU-seconds win over wall time.
+    assert by["train"].device_hours == 4.0 and abs(by["train"].cost_usd - 15.0) < 1e-9
+    assert abs(by["encode"].cost_usd - 7.5) < 1e-9
+    assert abs(totals(rows)["cost_usd"] - 22.6) < 1e-9
+
+
+def test_report_logs_parent_and_nested_runs(mlflow_service):
+    params = load_params(profile="demo")
+    envelopes = [envelope("download", {"cc3m": {"samples": 5, "attempted": 6, "succeeded": 5,
+                                                "success_rate": 5 / 6,
+                                                "failed": {"http_404": 1}}}, 12.0),
+                 envelope("evaluate", {"fid": 123.4, "protocol": {"num_samples": 8,
+                                                                  "resolution": 64}}, 30.0)]
+    parent = start_pipeline_run(params, "test-report")
+    result = report(params, envelopes, parent)
+    client = MlflowClient(mlflow_service)
+    run = client.get_run(parent)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["fid_n8_64px"] == 123.4
+    assert abs(run.data.metrics["cost_usd"] - result["totals"]["cost_usd"]) < 1e-9
+    assert "cost_usd/download" in run.data.metrics
+    children = client.search_runs([run.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent}'")
+    assert sorted(c.data.tags["step"] for c in children) == ["download", "evaluate"]
+    assert "| cc3m | 5 | 6 | 5 | 83.3% | http_404 (1) |" in result["markdown"]
+    artifacts = [a.path for a in client.list_artifacts(parent, "report")]
+    assert "report/cost_table.json" in artifacts and "report/report.md" in artifacts
