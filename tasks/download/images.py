@@ -1,4 +1,4 @@
-"""The reference image filter: decode, skip small images, downscale large ones, re-encode as JPEG."""
+"""The reference image filter: decode, skip small images, downscale large ones, re-encode."""
 
 from __future__ import annotations
 
@@ -54,7 +54,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def downscaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """Size with the short side at `short_side`, the long side scaled and truncated (torchvision)."""
+    """Size with the short side at `short_side`, the long side scaled and truncated.
+
+    Truncation matches torchvision's Resize(int), which the reference scripts use.
+    """
     if width <= height:
         return short_side, int(short_side * height / width)
     return int(short_side * width / height), short_side

@@ -14,7 +14,7 @@ from infra.config import ConfigError
 from infra.mirror.corpus import corrupt, tar_bytes
 from tasks.download import cc3m, journeydb, sa1b, textcaps
 from tasks.download.config import ImageParams
-from tasks.download.core import sample_key
+from tasks.download.core import Item, sample_key
 from tasks.download.drivers import Archive, archive_entries, match_selected, take
 from tasks.download.fetch import FetchError, fetch_image, reason_from_message
 from tasks.download.images import ImageRejected, prepare_image
@@ -79,7 +79,8 @@ def test_textcaps_groups_captions_and_skips_unstorable_ones():
 
 
 def test_sa1b_link_list_and_journeydb_annotations():
-    links = b"file_name\tcdn_link\nsa_000000.tar\thttps://cdn/a?sig=1\nsa_000001.tar\thttps://cdn/b\n"
+    links = (b"file_name\tcdn_link\n"
+             b"sa_000000.tar\thttps://cdn/a?sig=1\nsa_000001.tar\thttps://cdn/b\n")
     archives = sa1b.parse_links(links)
     assert [(a.name, a.url) for a in archives] == [("sa_000000", "https://cdn/a?sig=1"),
                                                    ("sa_000001", "https://cdn/b")]
@@ -100,7 +101,7 @@ def test_archive_entries_report_truncation_and_missing_members(tmp_path):
     members = [(f"000/m{i}.jpg", _jpeg((300, 300))) for i in range(4)]
     data = tar_bytes(members)
     cut = data.index(b"000/m2.jpg") + 600  # inside the third member's bytes
-    selected = {f"m{i}": journeydb.Item(f"journeydb-m{i}", f"m{i}", "c", "u") for i in range(5)}
+    selected = {f"m{i}": Item(f"journeydb-m{i}", f"m{i}", "c", "u") for i in range(5)}
     archive = Archive("000", "u", "tar", selected)
     path = tmp_path / "000"
     path.write_bytes(data[:cut])
