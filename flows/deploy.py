@@ -1,0 +1,29 @@
+"""Register the deployments: `micro-budget/full` and the per-pool `micro-budget-step/{cpu,gpu}`.
+
+Usage: python -m flows.deploy   (the Prefect server and work pools must be up: make services-up)
+At scale, point PREFECT_API_URL at the shared server and run GPU workers with `--pool gpu`.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from infra.settings import REPO_ROOT
+
+
+def deploy() -> list[str]:
+    source = str(REPO_ROOT)
+    ids = [
+        flow.from_source(source, "flows/pipeline.py:pipeline").deploy(
+            name="full", work_pool_name="cpu", print_next_steps=False),
+    ]
+    for pool in ("cpu", "gpu"):
+        ids.append(flow.from_source(source, "flows/steps.py:run_step").deploy(
+            name=pool, work_pool_name=pool, print_next_steps=False))
+    return [str(i) for i in ids]
+
+
+if __name__ == "__main__":
+    for deployment_id in deploy():
+        print(f"deployment {deployment_id}")
+    print("run it: prefect deployment run micro-budget/full --watch")

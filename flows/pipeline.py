@@ -1,0 +1,66 @@
+"""`micro-budget`: download -> caption -> encode -> train -> evaluate -> report.
+
+Deployed as `micro-budget/full` on the `cpu` pool. Each step runs as a `micro-budget-step` flow
+run through the deployment of the pool that fits it (GPU steps on `gpu`), so a step can fail and
+be retried on its own; a rerun of the pipeline resumes (manifests skip complete shards, training
+resumes from its latest checkpoint, evaluation reuses cached samples).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
+
+from infra import s3
+from tasks.params import load_params
+from tasks.report.ledger import GPU_STEPS, STEPS
+from tasks.report.step import report_pipeline
+from tasks.report.tracking import start_pipeline_run
+
+STEP_FLOW = "micro-budget-step"
+
+
+@task(retries=2, retry_delay_seconds=5)
+def open_pipeline_run(profile: str | None, params_path: str | None, name: str) -> str:
+    return start_pipeline_run(load_params(params_path, profile), name, tags={"driver": "prefect"})
+
+
+def run_step_on_pool(step: str, envelope_uri: str, profile: str | None,
+                     params_path: str | None, parent_run_id: str) -> dict[str, Any]:
+    """Start the step's flow run on its pool, wait for it, and read back its envelope."""
+    pool = "gpu" if step in GPU_STEPS else "cpu"
+    child = run_deployment(f"{STEP_FLOW}/{pool}", timeout=None,
+                           parameters={"step": step, "envelope_uri": envelope_uri,
+                                       "profile": profile, "params_path": params_path,
+                                       "parent_run_id": parent_run_id})
+    if child.state is None or not child.state.is_completed():
+        raise RuntimeError(f"step {step} ended {child.state.name if child.state else 'unknown'}"
+                           f" (flow run {child.id}); rerun the pipeline to resume")
+    return s3.get_json(envelope_uri)
+
+
+@flow(name="micro-budget", log_prints=True)
+def pipeline(profile: str | None = None, params_path: str | None = None,
+             steps: list[str] | None = None) -> dict[str, Any]:
+    """The whole recipe on the profile in params.yaml (or `profile`); `steps` picks a subset."""
+    logger = get_run_logger()
+    params = load_params(params_path, profile)
+    chosen = steps or list(STEPS)
+    unknown = sorted(set(chosen) - set(STEPS))
+    if unknown:
+        raise ValueError(f"unknown steps {unknown}; steps: {list(STEPS)}")
+    name = flow_run.get_name() or "local"
+    parent = open_pipeline_run(profile, params_path, f"{params.profile}-{name}")
+    folder = params.storage.uri("pipeline", flow_run.get_id() or name)
+    envelopes = []
+    for step in (s for s in STEPS if s in chosen):
+        logger.info("step %s starting", step)
+        envelopes.append(run_step_on_pool(step, f"{folder}/{step}.json", profile, params_path,
+                                          parent))
+        logger.info("step %s done in %.1f s", step, envelopes[-1]["seconds"])
+    result = report_pipeline(params, envelopes, parent)
+    print(result["markdown"])
+    return {k: v for k, v in result.items() if k != "markdown"}

@@ -1,0 +1,84 @@
+"""`micro-budget-step`: one pipeline step as its own flow run, on the work pool that fits it.
+
+The pipeline flow starts this flow through the `micro-budget-step/cpu` or `/gpu` deployment, so
+GPU steps run on GPU workers. Each step fans out its Prefect tasks (per dataset, shard range or
+stage), then writes its envelope (result + wall time) to S3 for the report and returns the URI.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from prefect import flow, unmapped
+
+from infra import s3
+from tasks.common.shards import read_manifest
+from tasks.params import Params, load_params
+from tasks.report.ledger import envelope
+
+
+def download(params: Params, parent_run_id: str | None) -> dict[str, Any]:
+    from tasks.download.step import download_dataset
+
+    names = list(params.download.enabled())
+    futures = download_dataset.map(unmapped(params), names)
+    return dict(zip(names, (f.result() for f in futures)))
+
+
+def caption(params: Params, parent_run_id: str | None) -> dict[str, Any]:
+    from tasks.caption.step import caption_shard
+
+    manifest = read_manifest(params.storage.uri(params.storage.raw_prefix, "sa1b"))
+    if manifest is None or not params.caption.enabled:
+        return {"skipped": "no SA-1B manifest or caption disabled", "shards": 0}
+    futures = caption_shard.map(unmapped(params), [s.uri for s in manifest.shards])
+    return {"shards": [f.result() for f in futures]}
+
+
+def encode(params: Params, parent_run_id: str | None) -> dict[str, Any]:
+    from tasks.encode.step import encode_dataset_units, plan_encode
+
+    out = {}
+    for dataset in params.encode.datasets:
+        units = plan_encode(params, dataset)
+        out[dataset] = encode_dataset_units(params, dataset, units)
+    return out
+
+
+def train(params: Params, parent_run_id: str | None) -> dict[str, Any]:
+    from tasks.train.step import train_stage
+
+    results = {}
+    for stage in params.train.stages:
+        results[stage.name] = train_stage(params, stage.name, parent_run_id)
+    return results
+
+
+def evaluate(params: Params, parent_run_id: str | None) -> dict[str, Any]:
+    from tasks.evaluate.step import evaluate_checkpoint
+    from tasks.train.step import final_checkpoint
+
+    if not params.evaluate.enabled:
+        return {"skipped": "evaluate.enabled is false"}
+    checkpoint = params.evaluate.checkpoint or final_checkpoint(params)
+    return evaluate_checkpoint(params, checkpoint, parent_run_id)
+
+
+STEPS: dict[str, Callable[[Params, str | None], dict[str, Any]]] = {
+    "download": download, "caption": caption, "encode": encode, "train": train,
+    "evaluate": evaluate,
+}
+
+
+@flow(name="micro-budget-step", flow_run_name="{step}")
+def run_step(step: str, envelope_uri: str, profile: str | None = None,
+             params_path: str | None = None, parent_run_id: str | None = None) -> str:
+    """Run one step and write its envelope to `envelope_uri`; returns that URI."""
+    if step not in STEPS:
+        raise ValueError(f"unknown step {step!r}; steps: {list(STEPS)}")
+    params = load_params(params_path, profile)
+    started = time.monotonic()
+    result = STEPS[step](params, parent_run_id)
+    s3.put_json(envelope_uri, envelope(step, result, time.monotonic() - started))
+    return envelope_uri
