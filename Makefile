@@ -7,6 +7,11 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONPATH := $(CURDIR)
+# Clients talk to the local servers unless pointed elsewhere (ports: infra/settings.py).
+MB_PREFECT_PORT ?= 14200
+MB_MLFLOW_PORT ?= 15500
+export PREFECT_API_URL ?= http://127.0.0.1:$(MB_PREFECT_PORT)/api
+export MLFLOW_TRACKING_URI ?= http://127.0.0.1:$(MB_MLFLOW_PORT)
 
 .PHONY: setup services-up services-down services-status test test-fast demo clean-state
 

@@ -6,9 +6,14 @@ At scale, point PREFECT_API_URL at the shared server and run GPU workers with `-
 
 from __future__ import annotations
 
-from prefect import flow
+import os
 
-from infra.settings import REPO_ROOT
+from infra.settings import REPO_ROOT, prefect_api_url
+
+# Without an API URL Prefect starts a throwaway server: register against the real one.
+os.environ.setdefault("PREFECT_API_URL", prefect_api_url())
+
+from prefect import flow  # noqa: E402
 
 
 def deploy() -> list[str]:

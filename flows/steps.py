@@ -21,9 +21,9 @@ from tasks.report.ledger import envelope
 def download(params: Params, parent_run_id: str | None) -> dict[str, Any]:
     from tasks.download.step import download_dataset
 
-    names = list(params.download.enabled())
-    futures = download_dataset.map(unmapped(params), names)
-    return dict(zip(names, (f.result() for f in futures)))
+    # Called in turn in the flow's main thread: img2dataset installs signal handlers, which
+    # Python allows only there. At scale each dataset is its own distributed img2dataset job.
+    return {name: download_dataset(params, name) for name in params.download.enabled()}
 
 
 def caption(params: Params, parent_run_id: str | None) -> dict[str, Any]:
