@@ -38,10 +38,12 @@ def evaluate_checkpoint(params: Params, checkpoint_uri: str, run_id: str | None 
 
 
 def run(params: Params) -> dict[str, Any]:
-    """The whole step for the CLI/DVC: evaluates params.evaluate.checkpoint."""
+    """The whole step for the CLI/DVC: evaluates evaluate.checkpoint, else the final one."""
     if not params.evaluate.enabled:
         return {"skipped": "evaluate.enabled is false"}
-    if params.evaluate.checkpoint is None:
-        raise ValueError("evaluate.checkpoint is null: set it in params.yaml (local folder or "
-                         "s3:// prefix of a model.io checkpoint) or call evaluate_checkpoint")
-    return evaluate_and_log(params, params.evaluate.checkpoint)
+    checkpoint = params.evaluate.checkpoint
+    if checkpoint is None:
+        from tasks.train.step import final_checkpoint  # the last training stage's output
+
+        checkpoint = final_checkpoint(params)
+    return evaluate_and_log(params, checkpoint)

@@ -9,12 +9,6 @@ from tasks.evaluate.step import evaluate_checkpoint, run
 from tasks.params import Params, load_params
 
 
-def test_run_needs_a_checkpoint():
-    params = build(Params, {"profile": "demo"}, "test")
-    with pytest.raises(ValueError, match="evaluate.checkpoint is null"):
-        run(params)
-
-
 def test_run_skips_when_disabled():
     params = build(Params, {"profile": "demo", "evaluate": {"enabled": False}}, "test")
     assert run(params) == {"skipped": "evaluate.enabled is false"}
