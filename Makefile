@@ -30,6 +30,7 @@ $(STAMP): requirements.txt
 
 services-up: setup  ## start S3, MLflow, Prefect (+ cpu/gpu workers) and the dataset mirror
 	$(PY) -m infra.services up
+	$(PY) -m infra.dvc_remote
 
 services-down:  ## stop everything services-up started (by PID; TERM, INT, KILL)
 	@test -x $(PY) && $(PY) -m infra.services down || true
@@ -40,8 +41,7 @@ services-status:
 test: setup  ## the whole test suite against real local services (started and stopped here)
 	$(PY) -m pytest -q tests
 
-demo: setup  ## run the whole pipeline on the embedded demo profile
-	$(PY) -m infra.services up
+demo: services-up  ## run the whole pipeline on the embedded demo profile
 	$(PY) -m flows.deploy
 	.venv/bin/prefect deployment run micro-budget/full --watch
 	@$(PY) -m infra.services status
