@@ -81,12 +81,18 @@ class EDMLoss:
         weight = ((sigma ** 2 + self.sigma_data ** 2)
                   / (sigma * self.sigma_data) ** 2).view(-1, 1, 1, 1)
         per_value = weight * (out.sample - latents) ** 2  # (B, C, H, W)
-        if out.keep is None:
-            return per_value.mean()
-        patch = precond.net.config.patch_size
-        per_patch = F.avg_pool2d(per_value.mean(dim=1), patch).flatten(1)  # (B, T), row-major
-        keep = out.keep.to(per_patch.dtype)
-        return ((per_patch * keep).sum(dim=1) / keep.sum(dim=1)).mean()
+        return kept_patch_mean(per_value, out.keep, precond.net.config.patch_size)
+
+
+def kept_patch_mean(per_value: torch.Tensor, keep: torch.Tensor | None,
+                    patch_size: int) -> torch.Tensor:
+    """Mean of (B, C, H, W) values over kept patches: per sample over its kept patches, then
+    over the batch. keep is (B, T) bool in row-major patch order; None means every patch."""
+    if keep is None:
+        return per_value.mean()
+    per_patch = F.avg_pool2d(per_value.mean(dim=1), patch_size).flatten(1)  # (B, T)
+    weights = keep.to(per_patch.dtype)
+    return ((per_patch * weights).sum(dim=1) / weights.sum(dim=1)).mean()
 
 
 def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float,

@@ -35,9 +35,10 @@ class ExpertChoiceMoE(nn.Module):
         batch, tokens, dim = x.shape
         experts = self.num_experts
         k = tokens_per_expert(tokens, experts, self.capacity)
-        # Routing in float32: top-k ties and softmax mass are sensitive to bf16 rounding.
-        probs = F.softmax(self.router(x).float(), dim=-1)  # (B, T, E)
-        gates, index = probs.transpose(1, 2).topk(k, dim=-1)  # (B, E, k) each
+        # Routing in at least float32: top-k ties and softmax mass are sensitive to bf16 rounding.
+        logits = self.router(x)
+        probs = F.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        gates, index = probs.transpose(1, 2).topk(k, dim=-1)  # probs (B, T, E) -> (B, E, k) each
 
         picked = x.gather(1, index.reshape(batch, experts * k, 1).expand(-1, -1, dim))
         picked = picked.view(batch, experts, k, dim).transpose(0, 1)  # (E, B, k, D)
