@@ -1,10 +1,38 @@
-"""Encode step parameters (placeholder: the encode issue fills this in)."""
+"""Encode step parameters: which encoders, at which resolutions, over which datasets."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
 class EncodeParams:
-    enabled: bool = True
+    """VAE latents + CLIP text embeddings for each raw dataset (reference.md, "Encoders and data").
+
+    Model ids are Hugging Face ids or local folders (relative to the repository root).
+    """
+
+    vae: str = "madebyollin/sdxl-vae-fp16-fix"  # SDXL VAE weights that stay finite in fp16
+    vae_subfolder: str | None = None
+    text_encoder: str = "apple/DFN5B-CLIP-ViT-H-14-378"  # ViT-H/14 text tower, 1024-d tokens
+    tokenizer: str | None = None  # null: the text_encoder folder/id
+    text_length: int = 77  # tokens per caption
+    resolutions: tuple[int, ...] = (256, 512)  # px, square center crops
+    datasets: tuple[str, ...] = ("cc3m", "sa1b", "textcaps", "journeydb", "diffusiondb", "coco")
+    batch_size: int = 32  # images per VAE forward
+    shards_per_unit: int = 4  # raw shards per Prefect work unit (one GPU worker each)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["fp32", "bf16", "fp16"] = "bf16"  # encoder compute dtype on GPU (CPU: fp32)
+    seed: int = 0  # posterior sample noise
+    min_caption_chars: int = 1  # shorter captions are counted and skipped
+
+    def __post_init__(self) -> None:
+        if not self.resolutions or any(r <= 0 or r % 8 for r in self.resolutions):
+            raise ValueError(f"encode.resolutions must be positive multiples of 8, "
+                             f"got {self.resolutions}")
+        for name in ("batch_size", "shards_per_unit", "text_length"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"encode.{name} must be > 0, got {getattr(self, name)}")
+        if len(set(self.datasets)) != len(self.datasets):
+            raise ValueError(f"encode.datasets has duplicates: {self.datasets}")

@@ -1,0 +1,79 @@
+"""Load the VAE and the CLIP text tower with from_pretrained and encode batches with them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from infra.settings import REPO_ROOT
+from tasks.encode.config import EncodeParams
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve(name: str) -> str:
+    """A local folder (relative to the repository root) or a Hugging Face id, unchanged."""
+    path = Path(name)
+    if not path.is_absolute() and (REPO_ROOT / path).exists():
+        return str(REPO_ROOT / path)
+    return name
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+@dataclass
+class Encoders:
+    vae: Any
+    text_model: Any
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    scaling_factor: float
+
+
+def load(params: EncodeParams) -> Encoders:
+    from diffusers import AutoencoderKL
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    device = pick_device(params.device)
+    # Autocast-free path: weights in the compute dtype on GPU; fp32 on CPU (bf16 is slow there).
+    dtype = DTYPES[params.dtype] if device.type == "cuda" else torch.float32
+    kwargs = {"subfolder": params.vae_subfolder} if params.vae_subfolder else {}
+    vae = AutoencoderKL.from_pretrained(resolve(params.vae), torch_dtype=dtype, **kwargs)
+    vae = vae.to(device).eval()
+    if device.type == "cuda":
+        vae = vae.to(memory_format=torch.channels_last)
+    text = CLIPTextModel.from_pretrained(resolve(params.text_encoder), torch_dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(resolve(params.tokenizer or params.text_encoder))
+    return Encoders(vae=vae, text_model=text.to(device).eval(), tokenizer=tokenizer,
+                    device=device, dtype=dtype,
+                    scaling_factor=float(vae.config.scaling_factor))
+
+
+@torch.no_grad()
+def encode_images(enc: Encoders, batch: torch.Tensor, generator: torch.Generator) -> np.ndarray:
+    """(B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/f, W/f) as fp16, one posterior sample."""
+    x = batch.to(enc.device, enc.dtype)
+    if enc.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    posterior = enc.vae.encode(x).latent_dist
+    noise = torch.randn(posterior.mean.shape, generator=generator, dtype=torch.float32)
+    latents = posterior.mean.float() + posterior.std.float() * noise.to(enc.device)
+    return (latents * enc.scaling_factor).cpu().to(torch.float16).numpy()
+
+
+@torch.no_grad()
+def encode_captions(enc: Encoders, captions: list[str], length: int) -> np.ndarray:
+    """Captions -> (B, length, D) fp16: the full token sequence after the final LayerNorm."""
+    tokens = enc.tokenizer(captions, padding="max_length", max_length=length, truncation=True,
+                           return_tensors="pt")
+    hidden = enc.text_model(input_ids=tokens.input_ids.to(enc.device)).last_hidden_state
+    return hidden.float().cpu().to(torch.float16).numpy()

@@ -1,0 +1,144 @@
+"""Encode raw shards into latent shards, one output shard per input shard (same name).
+
+A unit of work is a list of raw shard URIs; each output shard is committed atomically through
+tasks/common/shards.py, so a rerun or a retried unit skips the shards already committed.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import UnidentifiedImageError
+from tqdm import tqdm
+
+from infra import s3
+from tasks.common.shards import (LocalShard, commit_shard, done_records, iter_shard,
+                                 read_manifest, write_manifest)
+from tasks.encode.encoders import Encoders, encode_captions, encode_images, load
+from tasks.encode.preprocess import center_crop_resize, decode_image, npy_bytes, to_tensor
+from tasks.params import Params
+
+
+def raw_prefix(params: Params, dataset: str) -> str:
+    return params.storage.uri(params.storage.raw_prefix, dataset)
+
+
+def latent_prefix(params: Params, dataset: str) -> str:
+    return params.storage.uri(params.storage.latents_prefix, dataset)
+
+
+def caption_sidecar(params: Params, dataset: str, shard_name: str) -> dict[str, str]:
+    """Captions written by the caption step for one SA-1B shard (empty when there are none)."""
+    uri = s3.join(raw_prefix(params, dataset), "captions", f"{shard_name}.json")
+    return s3.get_json(uri) if s3.exists(uri) else {}
+
+
+def plan(params: Params, dataset: str) -> list[list[str]]:
+    """Raw shard URIs of a dataset in units of `shards_per_unit`."""
+    manifest = read_manifest(raw_prefix(params, dataset))
+    if manifest is None:
+        raise FileNotFoundError(f"no raw manifest for {dataset} at {raw_prefix(params, dataset)}:"
+                                " run the download step first")
+    uris = [s.uri for s in manifest.shards]
+    n = params.encode.shards_per_unit
+    return [uris[i:i + n] for i in range(0, len(uris), n)]
+
+
+@dataclass
+class ShardStats:
+    encoded: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+
+def _flush(enc: Encoders, params: Params, batch: list[dict[str, Any]], out: LocalShard,
+           generator: torch.Generator) -> None:
+    latents = {}
+    for res in params.encode.resolutions:
+        images = torch.stack([to_tensor(center_crop_resize(b["image"], res)) for b in batch])
+        latents[res] = encode_images(enc, images, generator)
+    text = encode_captions(enc, [b["caption"] for b in batch], params.encode.text_length)
+    for i, b in enumerate(batch):
+        sample = {f"lat{res}.npy": npy_bytes(latents[res][i]) for res in latents}
+        sample.update({"txtemb.npy": npy_bytes(text[i]), "txt": b["caption"], "json": b["meta"]})
+        out.write(b["key"], sample)
+    batch.clear()
+
+
+def encode_shard(enc: Encoders, params: Params, dataset: str, uri: str) -> ShardStats:
+    """Encode one raw shard into a latent shard of the same name and commit it."""
+    name = uri.rsplit("/", 1)[1].removesuffix(".tar")
+    captions = caption_sidecar(params, dataset, name)
+    stats = ShardStats()
+    # Seeded per shard: a rerun of one shard gives the same posterior samples.
+    generator = torch.Generator().manual_seed(params.encode.seed * 1_000_003 + zlib.crc32(name.encode()))
+    batch: list[dict[str, Any]] = []
+    with LocalShard() as out:
+        for key, sample in iter_shard(uri, stats.errors):
+            caption = captions.get(key) or sample.get("txt", b"").decode("utf-8", "replace")
+            caption = " ".join(caption.split())
+            if len(caption) < params.encode.min_caption_chars:
+                stats.skipped["empty_caption"] += 1
+                continue
+            try:
+                image = decode_image(sample["jpg"])
+            except (KeyError, OSError, UnidentifiedImageError, ValueError):
+                stats.skipped["bad_image"] += 1
+                continue
+            meta = json.loads(sample.get("json", b"{}") or b"{}")
+            batch.append({"key": key, "image": image, "caption": caption, "meta": meta})
+            if len(batch) == params.encode.batch_size:
+                _flush(enc, params, batch, out, generator)
+            stats.encoded += 1
+        if batch:
+            _flush(enc, params, batch, out, generator)
+        if stats.errors:
+            stats.skipped["corrupt_tar"] += len(stats.errors)
+        out.close()
+        commit_shard(out.path, latent_prefix(params, dataset), name, out.samples,
+                     meta={"source": uri, "skipped": dict(stats.skipped),
+                           "resolutions": list(params.encode.resolutions)})
+        out.path.unlink(missing_ok=True)
+    return stats
+
+
+def encode_unit(params: Params, dataset: str, uris: list[str],
+                encoders: Encoders | None = None) -> dict[str, Any]:
+    """Encode the raw shards of one unit, skipping those already committed."""
+    done = done_records(latent_prefix(params, dataset))
+    todo = [u for u in uris if u.rsplit("/", 1)[1].removesuffix(".tar") not in done]
+    enc = encoders or (load(params.encode) if todo else None)
+    encoded, skipped = 0, Counter()
+    for uri in tqdm(todo, desc=f"encode {dataset}", unit="shard"):
+        stats = encode_shard(enc, params, dataset, uri)
+        encoded += stats.encoded
+        skipped.update(stats.skipped)
+    return {"dataset": dataset, "shards": len(uris), "shards_encoded": len(todo),
+            "shards_skipped": len(uris) - len(todo), "samples_encoded": encoded,
+            "skipped": dict(skipped)}
+
+
+def finish(params: Params, dataset: str, units: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rebuild the latent manifest from committed shards and summarise the units."""
+    skipped: Counter = Counter()
+    for unit in units:
+        skipped.update(unit["skipped"])
+    manifest = write_manifest(dataset, latent_prefix(params, dataset),
+                              stats={"skipped": dict(skipped),
+                                     "resolutions": list(params.encode.resolutions)})
+    return {"dataset": dataset, "manifest": s3.join(manifest.prefix, "manifest.json"),
+            "samples": manifest.samples, "shards": len(manifest.shards),
+            "samples_encoded_this_run": sum(u["samples_encoded"] for u in units),
+            "skipped": dict(skipped)}
+
+
+def encode_dataset(params: Params, dataset: str) -> dict[str, Any]:
+    """The whole dataset in one process (CLI / DVC): every unit in turn, then the manifest."""
+    units = plan(params, dataset)
+    enc = load(params.encode) if units else None
+    return finish(params, dataset, [encode_unit(params, dataset, u, enc) for u in units])

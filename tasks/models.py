@@ -1,0 +1,57 @@
+"""Build the demo profile's tiny random-init models into the folders params.yaml names.
+
+Usage: python -m tasks.models [--profile demo] [--force]
+Each model is saved in Hugging Face format and later loaded with from_pretrained, so the demo
+exercises the real loading code offline. Existing folders are kept unless --force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from infra.settings import REPO_ROOT
+from tasks.params import Params, load_params
+
+
+def builders(params: Params) -> dict[str, Callable[[Path], Path]]:
+    from tasks.encode.tiny import save_tiny_text_encoder, save_tiny_vae
+
+    out: dict[str, Callable[[Path], Path]] = {params.encode.vae: save_tiny_vae,
+                                              params.encode.text_encoder: save_tiny_text_encoder}
+    try:
+        from tasks.caption.tiny import save_tiny_llava
+    except ImportError:
+        return out
+    if params.caption.enabled and getattr(params.caption, "source", "llava") == "llava":
+        out[params.caption.model] = save_tiny_llava
+    return out
+
+
+def build_local_models(params: Params, force: bool = False) -> list[Path]:
+    """Build every local-folder model of the profile that is missing; returns the folders."""
+    built = []
+    for name, build in builders(params).items():
+        path = Path(name) if Path(name).is_absolute() else REPO_ROOT / name
+        if not name.startswith((".", "/")):
+            continue  # a hub id: loaded by from_pretrained, never generated
+        if force or not (path / "config.json").exists():
+            build(path)
+            built.append(path)
+    return built
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args(argv)
+    for path in build_local_models(load_params(profile=args.profile), args.force):
+        print(f"built {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
