@@ -145,7 +145,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     elif isinstance(data, list):
         for i, v in enumerate(data):
-            out.update(flatten(v, f"{prefix}[{i}]"))
+            out.update(flatten(v, f"{prefix}.{i}"))  # MLflow keys allow no brackets
     else:
         out[prefix] = data
     return out

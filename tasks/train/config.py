@@ -1,10 +1,88 @@
-"""Train step parameters (placeholder: the train issue fills this in)."""
+"""Train step parameters: the model, the stage table, batch sizes, distribution, checkpoints."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class StageParams:
+    """One row of the reference stage table (reference.md, "Training stages")."""
+
+    name: str
+    resolution: int  # px
+    mask_ratio: float  # share of patches dropped after the patch-mixer
+    steps: int  # optimizer steps
+    lr: float  # peak learning rate
+    schedule: Literal["cosine", "constant"] = "constant"
+    warmup_steps: int = 0
+    final_lr_ratio: float = 1.0  # cosine floor as a share of lr (reference: 0.33)
+    grad_clip: float = 0.25
+    p_mean: float = -0.6  # ln(sigma) ~ N(p_mean, p_std)
+    p_std: float = 1.2
+    loads: Literal["none", "full", "weights"] = "none"  # from the previous stage
+    datasets: tuple[str, ...] = ()  # latent datasets; empty: TrainParams.datasets
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"stage {self.name}: mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.steps <= 0 or self.lr <= 0 or self.grad_clip <= 0 or self.resolution <= 0:
+            raise ValueError(f"stage {self.name}: steps, lr, grad_clip and resolution must be > 0")
+        if not 0.0 < self.final_lr_ratio <= 1.0 or self.warmup_steps < 0:
+            raise ValueError(f"stage {self.name}: need 0 < final_lr_ratio <= 1, warmup_steps >= 0")
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    model: str = "tiny"
+    run_name: str = "demo"  # checkpoints under s3://BUCKET/runs/<run_name>/<stage>/
+    model: str = "demo"  # model.config preset: XL_2, Tiny_2, demo, tiny
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. caption_dim
+    latent_downscale: int = 8  # px per latent cell of the VAE (SDXL: 8)
+    datasets: tuple[str, ...] = ("cc3m", "sa1b", "textcaps", "journeydb", "diffusiondb")
+    dataset_weights: dict[str, float] = field(default_factory=dict)  # empty: by size
+    global_batch: int = 2048  # images per optimizer step, all ranks
+    micro_batch: int = 256  # images per forward on one rank
+    gpus_per_node: int = 1
+    nodes: int = 1
+    backend: Literal["ddp", "fsdp"] = "ddp"
+    compile: bool = False
+    precision: Literal["bf16", "fp32"] = "bf16"  # autocast dtype on GPU; CPU runs fp32
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    moe_lr_scale: float = 0.5  # MoE parameters train at half the learning rate
+    ema_half_life_images: float = 500_000.0  # images for the EMA weight of a sample to halve
+    checkpoint_every_images: int = 1_000_000
+    log_every: int = 100  # steps
+    sample_prompts: tuple[str, ...] = ("a photo of a cat", "a red car on a street")
+    sample_steps: int = 30  # Heun steps for the logged sample grid
+    seed: int = 0
+    stages: tuple[StageParams, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"train.stages has duplicate names: {names}")
+        if self.stages and self.stages[0].loads != "none":
+            raise ValueError(f"the first stage {names[0]} cannot load a previous stage")
+        world = self.gpus_per_node * self.nodes
+        if self.global_batch % (self.micro_batch * world):
+            raise ValueError(f"train.global_batch {self.global_batch} must be a multiple of "
+                             f"micro_batch x GPUs = {self.micro_batch * world}")
+        for stage in self.stages:
+            if stage.resolution % (self.latent_downscale * 2):
+                raise ValueError(f"stage {stage.name}: resolution {stage.resolution} must be a "
+                                 f"multiple of {self.latent_downscale * 2} (downscale x patch)")
+
+    def stage(self, name: str) -> StageParams:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise ValueError(f"unknown stage {name!r}; stages: {[s.name for s in self.stages]}")
+
+    def previous(self, name: str) -> StageParams | None:
+        names = [s.name for s in self.stages]
+        i = names.index(self.stage(name).name)
+        return self.stages[i - 1] if i else None

@@ -1,0 +1,72 @@
+"""Atomic training checkpoints in S3.
+
+Layout under s3://BUCKET/runs/<run>/<stage>/:
+    step-<images:012d>/model/      model.io folder (config.json + model.safetensors)
+    step-<images:012d>/ema/        the EMA weights, same format (what evaluation samples with)
+    step-<images:012d>/train_state.pt   optimizer, scheduler, step, images, data position, RNG
+    latest.json                    {"uri", "step", "images"}: written last, so it only ever
+                                   names a checkpoint whose files are all uploaded
+A worker killed mid-upload leaves latest.json on the previous checkpoint: resume loses at most
+one checkpoint interval. torch.save holds only state dicts (tensors, numbers), never code.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from infra import s3
+from model.io import save_pretrained
+
+FILES = ("model/config.json", "model/model.safetensors", "ema/config.json",
+         "ema/model.safetensors", "train_state.pt")
+
+
+@dataclass(frozen=True)
+class Pointer:
+    uri: str
+    step: int
+    images: int
+
+
+def stage_prefix(bucket_uri: str, run: str, stage: str) -> str:
+    return s3.join(bucket_uri, run, stage)
+
+
+def latest(prefix: str) -> Pointer | None:
+    uri = s3.join(prefix, "latest.json")
+    if not s3.exists(uri):
+        return None
+    data = s3.get_json(uri)
+    return Pointer(uri=data["uri"], step=int(data["step"]), images=int(data["images"]))
+
+
+def save(prefix: str, model: torch.nn.Module, ema_model: torch.nn.Module,
+         state: dict[str, Any], step: int, images: int) -> Pointer:
+    """Upload a full checkpoint, then move latest.json to it."""
+    uri = s3.join(prefix, f"step-{images:012d}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        save_pretrained(model, root / "model")
+        save_pretrained(ema_model, root / "ema")
+        torch.save(state, root / "train_state.pt")
+        for name in FILES:
+            s3.upload_file(root / name, s3.join(uri, name))
+    s3.put_json(s3.join(prefix, "latest.json"), {"uri": uri, "step": step, "images": images})
+    return Pointer(uri=uri, step=step, images=images)
+
+
+def download(uri: str, dest: Path) -> Path:
+    """Fetch a checkpoint folder; returns the local root (with model/, ema/, train_state.pt)."""
+    for name in FILES:
+        s3.download_file(s3.join(uri, name), dest / name)
+    return dest
+
+
+def load_state(root: Path) -> dict[str, Any]:
+    # weights_only: the state holds tensors and plain containers, nothing executable.
+    return torch.load(root / "train_state.pt", map_location="cpu", weights_only=True)

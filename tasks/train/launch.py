@@ -1,0 +1,59 @@
+"""Entry point of one training stage in every rank: `torchrun ... -m tasks.train.launch`.
+
+    python -m tasks.train.launch --stage stage1 [--profile demo] [--params F]
+                                 [--parent-run-id ID] [--summary out.json]
+Rank 0 logs to MLflow, draws the sample grid from the EMA weights and writes the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch.distributed as dist
+
+from model.io import from_pretrained
+from tasks.params import load_params
+from tasks.train.checkpoint import download
+from tasks.train.loop import train
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stage", required=True)
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--params", default=None)
+    ap.add_argument("--parent-run-id", default=None)
+    ap.add_argument("--summary", type=Path, default=None)
+    ap.add_argument("--no-mlflow", action="store_true", help="skip MLflow (benchmarks, tests)")
+    args = ap.parse_args(argv)
+    params = load_params(args.params, args.profile)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    run = None
+    if main_rank and not args.no_mlflow:
+        from tasks.train.tracking import StageRun
+
+        run = StageRun(params, args.stage, args.parent_run_id)
+    summary = train(params, args.stage, run.log if run else None)
+    if main_rank:
+        if run:
+            from tasks.train.tracking import sample_grid
+
+            with tempfile.TemporaryDirectory() as tmp:
+                root = download(summary["checkpoint"], Path(tmp))
+                grid = sample_grid(params, from_pretrained(root / "ema"))
+            run.finish(params, summary, grid)
+            summary["mlflow_run_id"] = run.run_id
+        if args.summary:
+            args.summary.write_text(json.dumps(summary, indent=2))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""One training stage: train() -> train_step(), counted in images, resumable from S3.
+
+Runs in every rank of a torchrun launch (or alone). Rank 0 writes checkpoints and MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from model.config import MicroDiTConfig, preset
+from model.edm import EDMLoss, EDMPrecond
+from model.ema import EMA
+from model.io import load_weights
+from model.microdit import build_model
+from model.optim import param_groups
+from tasks.common.shards import read_manifest
+from tasks.encode.loader import LatentLoader, LoaderConfig
+from tasks.params import Params
+from tasks.train import checkpoint
+from tasks.train.config import StageParams, TrainParams
+from tasks.train.schedule import lr_factor
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite: training stops rather than corrupt the checkpoints."""
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> Dist:
+    """Join the torchrun process group when launched by torchrun; else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return Dist(rank=dist.get_rank(), world=world, local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def model_config(train: TrainParams, stage: StageParams) -> MicroDiTConfig:
+    """The preset at this stage's latent size; positions scaled relative to the first stage."""
+    base = train.stages[0].resolution
+    return preset(train.model, **train.model_overrides,
+                  input_size=stage.resolution // train.latent_downscale,
+                  pos_interp_scale=stage.resolution / base)
+
+
+def pick_device(train: TrainParams, d: Dist) -> torch.device:
+    if train.device == "cpu" or (train.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    torch.cuda.set_device(d.local_rank)
+    return torch.device("cuda", d.local_rank)
+
+
+def open_loader(params: Params, stage: StageParams, micro_batch: int, d: Dist) -> LatentLoader:
+    names = stage.datasets or params.train.datasets
+    manifests = {}
+    for name in names:
+        manifest = read_manifest(params.storage.uri(params.storage.latents_prefix, name))
+        if manifest is not None and manifest.samples > 0:
+            manifests[name] = manifest
+    if not manifests:
+        raise FileNotFoundError(f"no latent manifests with samples for {list(names)}: "
+                                "run the encode step first")
+    return LatentLoader(manifests, LoaderConfig(
+        batch_size=micro_batch, resolution=stage.resolution, seed=params.train.seed,
+        weights=params.train.dataset_weights, rank=d.rank, world_size=d.world))
+
+
+@dataclass
+class State:
+    """Everything a resume needs besides the weights."""
+
+    step: int = 0
+    images: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def train_step(precond: torch.nn.Module, loss_fn: EDMLoss, optimizer: torch.optim.Optimizer,
+               batches: list[dict[str, Any]], stage: StageParams, device: torch.device,
+               autocast: torch.dtype | None, generator: torch.Generator) -> float:
+    """One optimizer step over gradient-accumulation micro-batches; returns the mean loss."""
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for batch in batches:
+        latents, text = batch["latents"].to(device), batch["text"].to(device)
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            loss = loss_fn(precond, latents, text, stage.mask_ratio, generator) / len(batches)
+        loss.backward()
+        total += float(loss.detach())
+    if not math.isfinite(total):
+        raise NonFiniteLoss(f"loss is {total} in stage {stage.name}; stopping before the "
+                            "optimizer step (lower the learning rate or check the data)")
+    torch.nn.utils.clip_grad_norm_(precond.parameters(), stage.grad_clip)
+    optimizer.step()
+    return total
+
+
+Logger = Callable[[dict[str, float], int], None]
+
+
+def train(params: Params, stage_name: str, log: Logger | None = None) -> dict[str, Any]:
+    """Run (or resume) one stage to its last step; returns a summary on rank 0."""
+    tp = params.train
+    stage = tp.stage(stage_name)
+    torch.manual_seed(tp.seed)
+    device = pick_device(tp, d := init_distributed("cuda" if torch.cuda.is_available() else "cpu"))
+    autocast = torch.bfloat16 if device.type == "cuda" and tp.precision == "bf16" else None
+    net = build_model(model_config(tp, stage)).to(device)
+    ema = EMA(net, tp.ema_half_life_images)
+    optimizer = torch.optim.AdamW(param_groups(net, stage.lr, tp.weight_decay, tp.moe_lr_scale),
+                                  betas=tp.betas, eps=tp.eps, fused=device.type == "cuda")
+    micro = tp.micro_batch
+    accum = tp.global_batch // (micro * d.world)
+    loader = open_loader(params, stage, micro, d)
+    runs = params.storage.uri(params.storage.runs_prefix)
+    prefix = checkpoint.stage_prefix(runs, tp.run_name, stage.name)
+    state = State()
+    resumed_from = _restore(params, stage, prefix, net, ema, optimizer, loader, state)
+    model: torch.nn.Module = net
+    if d.world > 1:
+        model = DistributedDataParallel(net, device_ids=[d.local_rank] if device.type == "cuda"
+                                        else None)
+    precond = EDMPrecond(model)
+    if tp.compile:
+        # Compile only the network; EMA, sampling and evaluation use the uncompiled modules.
+        precond.net = torch.compile(model)
+    # Captions are dropped by the loader (p = 0.1), not again by the loss.
+    loss_fn = EDMLoss(p_mean=stage.p_mean, p_std=stage.p_std, caption_drop_prob=0.0)
+    generator = torch.Generator(device).manual_seed(tp.seed * 7919 + d.rank + state.step)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(stage, s),
+                                                  last_epoch=state.step - 1) \
+        if state.step else torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                             lambda s: lr_factor(stage, s))
+    next_ckpt = (state.images // tp.checkpoint_every_images + 1) * tp.checkpoint_every_images
+    started = time.monotonic()
+    pointer = None
+    if d.main:
+        print(f"stage {stage.name}: {stage.steps} steps x {tp.global_batch} images, "
+              f"{d.world} rank(s), resumed from step {state.step}", flush=True)
+    while state.step < stage.steps:
+        t0 = time.monotonic()
+        batches = [loader.next_batch() for _ in range(accum)]
+        loss = train_step(precond, loss_fn, optimizer, batches, stage, device, autocast, generator)
+        scheduler.step()
+        state.step += 1
+        state.images += tp.global_batch
+        ema.update(net, state.images)
+        state.losses.append(loss)
+        if d.main and (state.step % tp.log_every == 0 or state.step == 1):
+            rate = tp.global_batch / max(time.monotonic() - t0, 1e-9)
+            metrics = {"loss": loss, "images_per_s": rate, "lr": scheduler.get_last_lr()[0]}
+            print(f"step {state.step} images {state.images} loss {loss:.4f} "
+                  f"{rate:.1f} img/s", flush=True)
+            if log:
+                log(metrics, state.step)
+        if state.images >= next_ckpt or state.step == stage.steps:
+            pointer = _checkpoint(prefix, net, ema, optimizer, scheduler, loader, state, d)
+            next_ckpt += tp.checkpoint_every_images
+    seconds = time.monotonic() - started
+    return {"stage": stage.name, "steps": state.step, "images": state.images,
+            "final_loss": state.losses[-1] if state.losses else None,
+            "checkpoint": pointer.uri if pointer else checkpoint.latest(prefix).uri,
+            "resumed_from_step": resumed_from, "seconds": seconds, "gpus": d.world,
+            "corrupt_shards": sorted(loader.corrupt), "losses": state.losses}
+
+
+def _checkpoint(prefix, net, ema, optimizer, scheduler, loader, state, d):
+    if d.world > 1:
+        # Every rank's data position matters; rank 0 stores them all.
+        positions = [None] * d.world
+        dist.all_gather_object(positions, loader.state_dict())
+    else:
+        positions = [loader.state_dict()]
+    pointer = None
+    if d.main:
+        pointer = checkpoint.save(prefix, net, ema.model, {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "step": state.step, "images": state.images, "losses": state.losses,
+            "loader": positions, "ema_images": ema.images_seen,
+            "torch_rng": torch.get_rng_state()}, state.step, state.images)
+    if d.world > 1:
+        dist.barrier()
+    return pointer
+
+
+def _restore(params, stage, prefix, net, ema, optimizer, loader, state) -> int | None:
+    """Resume this stage from its latest checkpoint, or start from the previous stage."""
+    tp = params.train
+    pointer = checkpoint.latest(prefix)
+    source, full = (pointer.uri, True) if pointer else (None, False)
+    if pointer is None and stage.loads != "none":
+        prev = tp.previous(stage.name)
+        prev_ptr = checkpoint.latest(checkpoint.stage_prefix(
+            params.storage.uri(params.storage.runs_prefix), tp.run_name, prev.name))
+        if prev_ptr is None:
+            raise FileNotFoundError(f"stage {stage.name} loads {prev.name}, which has no "
+                                    "checkpoint yet: train it first")
+        source = prev_ptr.uri
+    if source is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        root = checkpoint.download(source, Path(tmp))
+        load_weights(net, root / "model")
+        load_weights(ema.model, root / "ema")
+        if full or stage.loads == "full":
+            saved = checkpoint.load_state(root)
+            optimizer.load_state_dict(saved["optimizer"])
+            ema.images_seen = int(saved["ema_images"]) if full else 0
+            for group in optimizer.param_groups:
+                # A new stage keeps the moments but takes its own learning rate.
+                group["initial_lr"] = stage.lr * (tp.moe_lr_scale if group.get("name") == "moe"
+                                                  else 1.0)
+            if full:
+                state.step, state.images = int(saved["step"]), int(saved["images"])
+                state.losses = list(saved["losses"])
+                rank = int(os.environ.get("RANK", "0"))
+                loader.load_state_dict(saved["loader"][rank])
+                torch.set_rng_state(saved["torch_rng"])
+    return state.step if full else 0

@@ -1,0 +1,82 @@
+"""Train step entry points: `run` for the CLI/DVC, `train_stage` for the flow's gpu pool.
+
+Each stage runs in a child process (torchrun when more than one GPU or node): a killed worker
+is just a rerun, which resumes from the stage's latest checkpoint in S3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from infra.settings import REPO_ROOT
+from tasks.params import Params
+from tasks.train import checkpoint
+
+
+def launch_command(params: Params, stage: str, summary: Path, parent_run_id: str | None,
+                   params_path: str | None) -> list[str]:
+    tp = params.train
+    args = ["-m", "tasks.train.launch", "--stage", stage, "--profile", params.profile,
+            "--summary", str(summary)]
+    if params_path:
+        args += ["--params", params_path]
+    if parent_run_id:
+        args += ["--parent-run-id", parent_run_id]
+    if tp.gpus_per_node * tp.nodes == 1:
+        return [sys.executable, *args]
+    # Multi-node: MB_MASTER_ADDR/MB_NODE_RANK come from the cluster (one worker per node).
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={tp.gpus_per_node}",
+            f"--nnodes={tp.nodes}", f"--node_rank={os.environ.get('MB_NODE_RANK', '0')}",
+            f"--master_addr={os.environ.get('MB_MASTER_ADDR', '127.0.0.1')}",
+            f"--master_port={os.environ.get('MB_MASTER_PORT', '29511')}", *args]
+
+
+def run_stage(params: Params, stage: str, parent_run_id: str | None = None,
+              params_path: str | None = None) -> dict[str, Any]:
+    """Train one stage in a child process; returns its summary (losses left out)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = Path(tmp) / "summary.json"
+        cmd = launch_command(params, stage, summary, parent_run_id, params_path)
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        done = subprocess.run(cmd, cwd=REPO_ROOT, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"training stage {stage} exited with {done.returncode}; rerun to "
+                               "resume from its latest checkpoint")
+        result = json.loads(summary.read_text())
+    result["loss_curve_points"] = len(result.pop("losses", []))
+    return result
+
+
+@task(retries=1, retry_delay_seconds=10, task_run_name="train-{stage}", tags=["gpu"])
+def train_stage(params: Params, stage: str, parent_run_id: str | None = None) -> dict[str, Any]:
+    return run_stage(params, stage, parent_run_id, os.environ.get("MB_PARAMS"))
+
+
+def final_checkpoint(params: Params) -> str:
+    """The latest checkpoint of the last configured stage (what evaluation scores)."""
+    last = params.train.stages[-1].name
+    prefix = checkpoint.stage_prefix(params.storage.uri(params.storage.runs_prefix),
+                                     params.train.run_name, last)
+    pointer = checkpoint.latest(prefix)
+    if pointer is None:
+        raise FileNotFoundError(f"no checkpoint under {prefix}: run the train step first")
+    return pointer.uri
+
+
+def summarize(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Stage summaries plus the GPU count and GPU-seconds per device that the report prices."""
+    return {"stages": stages, "gpus": max((s["gpus"] for s in stages.values()), default=1),
+            "gpu_seconds_per_device": sum(s["seconds"] for s in stages.values())}
+
+
+def run(params: Params) -> dict[str, Any]:
+    return summarize({s.name: run_stage(params, s.name, None, os.environ.get("MB_PARAMS"))
+                      for s in params.train.stages})
