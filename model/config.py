@@ -186,7 +186,10 @@ PRESETS: dict[str, Callable[..., MicroDiTConfig]] = {
 
 
 def preset(name: str, **overrides: object) -> MicroDiTConfig:
-    """A named preset with field overrides, e.g. preset("XL_2", input_size=64, pos_interp_scale=2)."""
+    """A named preset with field overrides.
+
+    Example: preset("XL_2", input_size=64, pos_interp_scale=2.0) is XL_2 at 512 px.
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown MicroDiT preset {name!r}; known: {sorted(PRESETS)}")
     return PRESETS[name](**overrides)

@@ -67,14 +67,14 @@ class EDMLoss:
     def __call__(self, precond: EDMPrecond, latents: torch.Tensor, text: torch.Tensor,
                  mask_ratio: float = 0.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """Scalar loss for a batch of clean latents (B, C, H, W) and captions (B, L, caption_dim)."""
+        """Scalar loss for clean latents (B, C, H, W) and captions (B, L, caption_dim)."""
         batch, device = latents.shape[0], latents.device
         latents = latents.to(torch.float32)
         sigma = (torch.randn(batch, device=device, generator=generator) * self.p_std
                  + self.p_mean).exp()  # (B,)
         noise = torch.randn(latents.shape, device=device, generator=generator)
-        keep_caption = torch.rand(batch, device=device, generator=generator) >= self.caption_drop_prob
-        text = text * keep_caption.view(-1, 1, 1).to(text.dtype)
+        drop = torch.rand(batch, device=device, generator=generator) < self.caption_drop_prob
+        text = text * (~drop).view(-1, 1, 1).to(text.dtype)
 
         out = precond(latents + noise * sigma.view(-1, 1, 1, 1), sigma, text, mask_ratio,
                       generator)
@@ -108,7 +108,8 @@ def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
-def sample_noise(shape: tuple[int, ...], seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def sample_noise(shape: tuple[int, ...], seed: int,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
     """Standard normal starting noise from a seed; every seed, 0 included, is honoured."""
     generator = torch.Generator(device=device).manual_seed(seed)
     return torch.randn(shape, device=device, generator=generator)

@@ -2,7 +2,8 @@
 
 Data flow (B images, T patches, L caption tokens):
   latents (B, C, H, W) -> patches + fixed sin-cos positions (B, T, D)
-  captions (B, L, caption_dim) -> MLP -> caption block -> y (B, L, D);  mean(y) -> MLP -> + t_emb = c
+  captions (B, L, caption_dim) -> MLP -> caption block -> y (B, L, D)
+  c = MLP(mean of y over tokens) + timestep embedding, the adaLN condition (B, D)
   patch-mixer at width Dm over all T tokens -> mask (keep K of T) -> Dm -> D
   backbone DiT blocks over K tokens -> final adaLN layer -> zero tokens refill the dropped patches
 The network returns its raw output F; EDM preconditioning lives in model/edm.py.

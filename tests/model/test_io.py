@@ -63,4 +63,5 @@ def test_unknown_config_key_is_refused(tiny_model: MicroDiT, tmp_path: Path) -> 
 
 def test_dtype_on_load(tiny_model: MicroDiT, tmp_path: Path) -> None:
     save_pretrained(tiny_model, tmp_path)
-    assert next(from_pretrained(tmp_path, dtype=torch.bfloat16).parameters()).dtype == torch.bfloat16
+    loaded = from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert next(loaded.parameters()).dtype == torch.bfloat16

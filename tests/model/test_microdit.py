@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -90,7 +92,6 @@ def test_conditioning_changes_output(tiny_model: MicroDiT, tiny_config: MicroDiT
 
 
 def test_mixer_width_equal_to_backbone(tiny_config: MicroDiTConfig) -> None:
-    from dataclasses import replace
     config = replace(tiny_config, mixer_dim=tiny_config.dim)  # the Tiny_2 layout
     model = randomized(build_model(config))
     latents, text = batch(config)

@@ -26,7 +26,8 @@ def slow_expert_choice(moe: ExpertChoiceMoE, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def make_moe(dim: int = 12, hidden: int = 20, experts: int = 4, capacity: float = 2.0) -> ExpertChoiceMoE:
+def make_moe(dim: int = 12, hidden: int = 20, experts: int = 4,
+             capacity: float = 2.0) -> ExpertChoiceMoE:
     torch.manual_seed(0)
     moe = ExpertChoiceMoE(dim, hidden, experts, capacity).double()
     with torch.no_grad():
@@ -35,7 +36,8 @@ def make_moe(dim: int = 12, hidden: int = 20, experts: int = 4, capacity: float 
     return moe
 
 
-@pytest.mark.parametrize(("tokens", "experts", "capacity"), [(16, 4, 2.0), (9, 3, 1.0), (6, 8, 2.0)])
+@pytest.mark.parametrize(("tokens", "experts", "capacity"),
+                         [(16, 4, 2.0), (9, 3, 1.0), (6, 8, 2.0)])
 def test_matches_slow_formulation(tokens: int, experts: int, capacity: float) -> None:
     moe = make_moe(experts=experts, capacity=capacity)
     x = torch.randn(3, tokens, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
