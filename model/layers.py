@@ -94,8 +94,9 @@ class PatchEmbed(nn.Module):
 
 def _qk_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     # QK-norm over the whole projection width (all heads together), without affine parameters,
-    # exactly as the reference; it keeps attention logits bounded in bf16.
-    return F.layer_norm(x, (x.shape[-1],), eps=eps)
+    # exactly as the reference; it keeps attention logits bounded in bf16. Autocast runs
+    # layer_norm in float32: cast back so q, k and v reach the fused kernel in one dtype.
+    return F.layer_norm(x, (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 def _split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:

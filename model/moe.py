@@ -51,6 +51,8 @@ class ExpertChoiceMoE(nn.Module):
         # Row of each picked token in the flattened (B * T, D) output.
         rows = index + torch.arange(batch, device=x.device).view(batch, 1, 1) * tokens  # (B, E, k)
         rows = rows.transpose(0, 1).reshape(-1)  # (E * B * k,), same order as out
-        combined = out.new_zeros(batch * tokens, dim)
-        combined.index_add_(0, rows, out.reshape(-1, dim))
-        return combined.view(batch, tokens, dim)  # (B, T, D)
+        # Accumulate in at least float32: a token picked by several experts sums their outputs.
+        accumulate = torch.promote_types(out.dtype, torch.float32)
+        combined = torch.zeros(batch * tokens, dim, device=x.device, dtype=accumulate)
+        combined.index_add_(0, rows, out.reshape(-1, dim).to(accumulate))
+        return combined.view(batch, tokens, dim).to(out.dtype)  # (B, T, D)
