@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.ema import unwrap
 from model.microdit import DiTOutput, MicroDiT
 
 
@@ -64,7 +65,7 @@ class EDMLoss:
         if not 0.0 <= self.caption_drop_prob <= 1.0:
             raise ValueError(f"EDMLoss: caption_drop_prob {self.caption_drop_prob} not in [0, 1]")
 
-    def __call__(self, precond: EDMPrecond, latents: torch.Tensor, text: torch.Tensor,
+    def __call__(self, precond: nn.Module, latents: torch.Tensor, text: torch.Tensor,
                  mask_ratio: float = 0.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Scalar loss for clean latents (B, C, H, W) and captions (B, L, caption_dim)."""
@@ -81,7 +82,8 @@ class EDMLoss:
         weight = ((sigma ** 2 + self.sigma_data ** 2)
                   / (sigma * self.sigma_data) ** 2).view(-1, 1, 1, 1)
         per_value = weight * (out.sample - latents) ** 2  # (B, C, H, W)
-        return kept_patch_mean(per_value, out.keep, precond.net.config.patch_size)
+        # unwrap: precond may be compiled or DDP-wrapped; the config lives on the plain module.
+        return kept_patch_mean(per_value, out.keep, unwrap(precond).net.config.patch_size)
 
 
 def kept_patch_mean(per_value: torch.Tensor, keep: torch.Tensor | None,
