@@ -20,7 +20,8 @@ from model.microdit import DiTOutput, MicroDiT
 class EDMPrecond(nn.Module):
     """D(x; sigma) = c_skip x + c_out F(c_in x; c_noise), with c_noise = ln(sigma) / 4."""
 
-    def __init__(self, net: MicroDiT, sigma_data: float = 0.9) -> None:
+    def __init__(self, net: MicroDiT | nn.Module, sigma_data: float = 0.9) -> None:
+        """net: a MicroDiT, possibly compiled or DDP-wrapped."""
         super().__init__()
         if sigma_data <= 0:
             raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
@@ -82,8 +83,9 @@ class EDMLoss:
         weight = ((sigma ** 2 + self.sigma_data ** 2)
                   / (sigma * self.sigma_data) ** 2).view(-1, 1, 1, 1)
         per_value = weight * (out.sample - latents) ** 2  # (B, C, H, W)
-        # unwrap: precond may be compiled or DDP-wrapped; the config lives on the plain module.
-        return kept_patch_mean(per_value, out.keep, unwrap(precond).net.config.patch_size)
+        # Either module may be compiled or DDP-wrapped; the config lives on the plain network.
+        patch_size = unwrap(unwrap(precond).net).config.patch_size
+        return kept_patch_mean(per_value, out.keep, patch_size)
 
 
 def kept_patch_mean(per_value: torch.Tensor, keep: torch.Tensor | None,

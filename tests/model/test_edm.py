@@ -119,3 +119,22 @@ def test_sampler_solves_the_gaussian_ode(tiny_config: MicroDiTConfig) -> None:
               .abs().max() / expected.abs().max() for n in (30, 100)]
     assert errors[1] < 2e-3
     assert errors[0] / errors[1] > 8
+
+
+class DataParallelLike(torch.nn.Module):
+    """Exposes the wrapped network as .module and nothing else, like DDP."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: object) -> object:
+        return self.module(*args)
+
+
+def test_loss_through_wrapped_networks(tiny_model: MicroDiT, tiny_config: MicroDiTConfig) -> None:
+    latents, text = batch(tiny_config)
+    plain = EDMLoss()(EDMPrecond(tiny_model), latents, text, 0.5, torch.Generator().manual_seed(0))
+    wrapped = EDMPrecond(DataParallelLike(tiny_model))
+    again = EDMLoss()(wrapped, latents, text, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(plain, again)
