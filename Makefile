@@ -42,6 +42,7 @@ test: setup  ## the whole test suite against real local services (started and st
 	$(PY) -m pytest -q tests
 
 demo: services-up  ## run the whole pipeline on the embedded demo profile
+	$(PY) -m tasks.models
 	$(PY) -m flows.deploy
 	.venv/bin/prefect deployment run micro-budget/full --watch
 	@$(PY) -m infra.services status

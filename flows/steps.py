@@ -27,32 +27,37 @@ def download(params: Params, parent_run_id: str | None) -> dict[str, Any]:
 
 
 def caption(params: Params, parent_run_id: str | None) -> dict[str, Any]:
+    if not params.caption.enabled:
+        return {"skipped": "caption.enabled is false: SA-1B samples without captions are "
+                           "counted and skipped by encode"}
     from tasks.caption.step import caption_shard
 
     manifest = read_manifest(params.storage.uri(params.storage.raw_prefix, "sa1b"))
-    if manifest is None or not params.caption.enabled:
-        return {"skipped": "no SA-1B manifest or caption disabled", "shards": 0}
+    if manifest is None:
+        return {"skipped": "no SA-1B manifest", "shards": 0}
     futures = caption_shard.map(unmapped(params), [s.uri for s in manifest.shards])
     return {"shards": [f.result() for f in futures]}
 
 
 def encode(params: Params, parent_run_id: str | None) -> dict[str, Any]:
-    from tasks.encode.step import encode_dataset_units, plan_encode
+    from tasks.encode.step import encode_shards, finish_encode, plan_encode
 
     out = {}
     for dataset in params.encode.datasets:
         units = plan_encode(params, dataset)
-        out[dataset] = encode_dataset_units(params, dataset, units)
+        # One task run per unit of shards: at scale each lands on its own GPU worker slot.
+        futures = encode_shards.map(unmapped(params), unmapped(dataset), units)
+        out[dataset] = finish_encode(params, dataset, [f.result() for f in futures])
     return out
 
 
 def train(params: Params, parent_run_id: str | None) -> dict[str, Any]:
     from tasks.train.step import train_stage
 
-    results = {}
-    for stage in params.train.stages:
-        results[stage.name] = train_stage(params, stage.name, parent_run_id)
-    return results
+    from tasks.train.step import summarize
+
+    return summarize({stage.name: train_stage(params, stage.name, parent_run_id)
+                      for stage in params.train.stages})
 
 
 def evaluate(params: Params, parent_run_id: str | None) -> dict[str, Any]:
@@ -62,7 +67,7 @@ def evaluate(params: Params, parent_run_id: str | None) -> dict[str, Any]:
     if not params.evaluate.enabled:
         return {"skipped": "evaluate.enabled is false"}
     checkpoint = params.evaluate.checkpoint or final_checkpoint(params)
-    return evaluate_checkpoint(params, checkpoint, parent_run_id)
+    return evaluate_checkpoint(params, checkpoint)
 
 
 STEPS: dict[str, Callable[[Params, str | None], dict[str, Any]]] = {
