@@ -1,0 +1,120 @@
+"""Training on CPU against real S3: a real SIGKILL mid-stage, resume, then stage 2 loads stage 1."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from infra.config import to_dict
+from infra.s3 import split_uri
+from infra.settings import REPO_ROOT
+from tasks.common.shards import LocalShard, commit_shard, write_manifest
+from tasks.encode.preprocess import npy_bytes
+from tasks.params import load_params
+from tasks.train import checkpoint
+from tasks.train.config import StageParams
+from tasks.train.loop import NonFiniteLoss, train
+from tasks.train.schedule import lr_factor
+
+
+def _params(s3_prefix, steps=(24, 3), every=8):
+    params = load_params(profile="demo")
+    _, key = split_uri(s3_prefix)
+    storage = dataclasses.replace(params.storage, latents_prefix=f"{key}/latents",
+                                  runs_prefix=f"{key}/runs")
+    stages = (dataclasses.replace(params.train.stages[0], steps=steps[0]),
+              dataclasses.replace(params.train.stages[1], steps=steps[1]))
+    train_p = dataclasses.replace(params.train, stages=stages, checkpoint_every_images=every,
+                                  datasets=("cc3m",), log_every=1000)
+    return dataclasses.replace(params, storage=storage, train=train_p)
+
+
+def _latents(params, shards=2, per_shard=16) -> None:
+    prefix = params.storage.uri(params.storage.latents_prefix, "cc3m")
+    rng = np.random.default_rng(0)
+    for s in range(shards):
+        with LocalShard() as out:
+            for i in range(per_shard):
+                out.write(f"cc3m-{s}-{i}", {
+                    "lat64.npy": npy_bytes(rng.standard_normal((4, 16, 16)).astype(np.float16)),
+                    "txtemb.npy": npy_bytes(rng.standard_normal((77, 64)).astype(np.float16)),
+                    "txt": "x", "json": {}})
+            out.close()
+            commit_shard(out.path, prefix, f"{s:05d}", out.samples)
+    write_manifest("cc3m", prefix)
+
+
+def _write_params(params, path) -> str:
+    block = {k: v for k, v in to_dict(params).items() if k != "profile"}
+    path.write_text(yaml.safe_dump({"profile": "demo", "demo": block}))
+    return str(path)
+
+
+def _stage_prefix(params, stage):
+    return checkpoint.stage_prefix(params.storage.uri(params.storage.runs_prefix),
+                                   params.train.run_name, stage)
+
+
+def test_lr_schedule_warmup_cosine_and_floor():
+    stage = StageParams(name="s", resolution=64, mask_ratio=0.75, steps=100, lr=1.0,
+                        schedule="cosine", warmup_steps=10, final_lr_ratio=0.33)
+    assert lr_factor(stage, 0) == pytest.approx(0.1)
+    assert lr_factor(stage, 10) == pytest.approx(1.0)
+    assert lr_factor(stage, 100) == pytest.approx(0.33)
+    assert 0.33 < lr_factor(stage, 55) < 1.0
+
+
+def test_killed_stage_resumes_from_its_checkpoint_then_stage2_loads_it(s3_prefix, tmp_path):
+    params = _params(s3_prefix)
+    _latents(params)
+    path = _write_params(params, tmp_path / "params.yaml")
+    cmd = [sys.executable, "-m", "tasks.train.launch", "--stage", "stage1", "--params", path,
+           "--no-mlflow", "--summary", str(tmp_path / "s1.json")]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, start_new_session=True)
+    prefix = _stage_prefix(params, "stage1")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        pointer = checkpoint.latest(prefix)
+        if pointer is not None and pointer.step >= 2:
+            break
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoint.latest(prefix)
+    assert killed_at is not None and 2 <= killed_at.step < 24
+
+    summary = train(params, "stage1")
+    # Resumed at the last checkpoint: at most one interval (1 step of 8 images) redone.
+    assert summary["resumed_from_step"] == killed_at.step
+    assert summary["steps"] == 24 and summary["images"] == 24 * 8
+    # The loss curve continues: the losses before the kill are kept, none repeated or lost.
+    assert len(summary["losses"]) == 24
+    assert all(np.isfinite(summary["losses"]))
+    # The killed run's checkpoint is still complete in S3 (nothing already written is lost).
+    from infra import s3
+
+    assert s3.exists(s3.join(killed_at.uri, "ema", "model.safetensors"))
+
+    stage2 = train(params, "stage2")
+    assert stage2["resumed_from_step"] == 0 and stage2["steps"] == 3
+    assert stage2["checkpoint"].endswith("step-000000000024")
+
+
+def test_nan_guard_stops_with_a_clear_error(s3_prefix):
+    params = _params(s3_prefix)
+    exploding = dataclasses.replace(params.train.stages[0], lr=1e30, grad_clip=1e30, steps=50)
+    params = dataclasses.replace(params, train=dataclasses.replace(
+        params.train, stages=(exploding, params.train.stages[1])))
+    _latents(params, shards=1, per_shard=8)
+    with pytest.raises(NonFiniteLoss, match="loss is"):
+        train(params, "stage1")
