@@ -67,3 +67,13 @@ def prefect_service(s3_service) -> str:
 def s3_prefix(s3_service) -> str:
     """A fresh, unique prefix in the pipeline bucket for one test."""
     return f"s3://micro-budget/test/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def pipeline_services(s3_service, mlflow_service, prefect_service) -> None:
+    """Everything the demo pipeline needs: all services, the mirror and the tiny models."""
+    from tasks.models import build_local_models
+    from tasks.params import load_params
+
+    _ensure(["mirror"])
+    build_local_models(load_params(profile="demo"))
