@@ -13,7 +13,6 @@ from typing import Any, Callable
 from prefect import flow, unmapped
 
 from infra import s3
-from tasks.common.shards import read_manifest
 from tasks.params import Params, load_params
 from tasks.report.ledger import envelope
 
@@ -30,13 +29,17 @@ def caption(params: Params, parent_run_id: str | None) -> dict[str, Any]:
     if not params.caption.enabled:
         return {"skipped": "caption.enabled is false: SA-1B samples without captions are "
                            "counted and skipped by encode"}
-    from tasks.caption.step import caption_shard
+    from tasks.caption.step import caption_shard, finish_caption, plan_caption
 
-    manifest = read_manifest(params.storage.uri(params.storage.raw_prefix, "sa1b"))
-    if manifest is None:
-        return {"skipped": "no SA-1B manifest", "shards": 0}
-    futures = caption_shard.map(unmapped(params), [s.uri for s in manifest.shards])
-    return {"shards": [f.result() for f in futures]}
+    out = {}
+    for dataset in params.caption.datasets:
+        if dataset not in params.download.enabled():
+            out[dataset] = {"skipped": f"download.{dataset} is disabled"}
+            continue
+        futures = caption_shard.map(unmapped(params), unmapped(dataset),
+                                    plan_caption(params, dataset))
+        out[dataset] = finish_caption(params, dataset, [f.result() for f in futures])
+    return out
 
 
 def encode(params: Params, parent_run_id: str | None) -> dict[str, Any]:

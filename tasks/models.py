@@ -21,11 +21,9 @@ def builders(params: Params) -> dict[str, Callable[[Path], Path]]:
 
     out: dict[str, Callable[[Path], Path]] = {params.encode.vae: save_tiny_vae,
                                               params.encode.text_encoder: save_tiny_text_encoder}
-    try:
-        from tasks.caption.tiny import save_tiny_llava
-    except ImportError:
-        return out
-    if params.caption.enabled and getattr(params.caption, "source", "llava") == "llava":
+    from tasks.caption.tiny import save_tiny_llava
+
+    if params.caption.enabled and params.caption.source == "llava":
         out[params.caption.model] = save_tiny_llava
     return out
 

@@ -158,8 +158,12 @@ def cc3m(root: Path, rng: random.Random, n: int) -> None:
 
 
 def sa1b(root: Path, rng: random.Random, archives: int, per_archive: int) -> None:
-    """links.txt (file_name<TAB>cdn_link, header) and sa_NNNNNN.tar of sa_<id>.jpg + .json."""
+    """links.txt (file_name<TAB>cdn_link, header) and sa_NNNNNN.tar of sa_<id>.jpg + .json,
+    plus captions.jsonl in the shape of a published LLaVA caption file (image 2's caption empty,
+    image 3 missing)."""
     links = ["file_name\tcdn_link"]
+    captions = []
+    caption_rng = random.Random("sa1b-captions")  # its own stream: the images stay as they were
     image_id = 1
     for a in range(archives):
         name = f"sa_{a:06d}.tar"
@@ -173,6 +177,9 @@ def sa1b(root: Path, rng: random.Random, archives: int, per_archive: int) -> Non
                                                                      "counts": "0"}}]}
             members.append((f"sa_{image_id}.jpg", encode(make_image(rng, size))))
             members.append((f"sa_{image_id}.json", json.dumps(record).encode()))
+            text = "" if image_id == 2 else caption(caption_rng)
+            if image_id != 3:
+                captions.append(json.dumps({"image_id": f"sa_{image_id}", "caption": text}))
             image_id += 1
         data = tar_bytes(members)
         if a == archives - 1:
@@ -183,6 +190,7 @@ def sa1b(root: Path, rng: random.Random, archives: int, per_archive: int) -> Non
         links.append(f"{name}\t{TOKEN}/sa1b/{name}")
     links.append(f"sa_{archives:06d}.tar\t{TOKEN}/sa1b/expired/sa_{archives:06d}.tar")
     write(root / "sa1b/links.txt", ("\n".join(links) + "\n").encode())
+    write(root / "sa1b/captions.jsonl", ("\n".join(captions) + "\n").encode())
 
 
 def textcaps(root: Path, rng: random.Random, n: int) -> None:

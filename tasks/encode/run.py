@@ -35,7 +35,7 @@ def latent_prefix(params: Params, dataset: str) -> str:
 def caption_sidecar(params: Params, dataset: str, shard_name: str) -> dict[str, str]:
     """Captions written by the caption step for one SA-1B shard (empty when there are none)."""
     uri = s3.join(raw_prefix(params, dataset), "captions", f"{shard_name}.json")
-    return s3.get_json(uri) if s3.exists(uri) else {}
+    return s3.get_json(uri)["captions"] if s3.exists(uri) else {}
 
 
 def plan(params: Params, dataset: str) -> list[list[str]]:

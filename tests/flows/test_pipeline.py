@@ -69,7 +69,7 @@ def test_demo_pipeline_survives_a_killed_worker(pipeline_services):
     after = checkpoint.latest(stage1)
     assert after is not None and after.images >= before.images
     for kind in (params.storage.raw_prefix, params.storage.latents_prefix):
-        for dataset in ("coco", "cc3m", "textcaps"):
+        for dataset in ("coco", "cc3m", "sa1b", "textcaps"):
             manifest = read_manifest(params.storage.uri(kind, dataset))
             assert manifest is not None and manifest.samples > 0
             names = Counter(s.name for s in manifest.shards)
@@ -77,5 +77,12 @@ def test_demo_pipeline_survives_a_killed_worker(pipeline_services):
             keys = Counter(k for shard in manifest.shards for k, _ in iter_shard(shard.uri))
             assert max(keys.values()) == 1, f"duplicated sample key in {kind}/{dataset}"
             assert sum(keys.values()) == manifest.samples
+    # SA-1B arrives without captions; the caption step's sidecars are what encode used.
+    captions = s3.get_json(params.storage.uri("pipeline", str(second.id), "caption.json"))
+    sa1b = captions["result"]["sa1b"]
+    assert sa1b["captioned"] > 0
+    latents = read_manifest(params.storage.uri(params.storage.latents_prefix, "sa1b"))
+    assert latents.samples == sa1b["samples"] - sum(
+        v for k, v in sa1b.items() if k.startswith("failed_"))
     evaluation = s3.get_json(params.storage.uri("pipeline", str(second.id), "evaluate.json"))
     assert evaluation["result"]["fid"] > 0
