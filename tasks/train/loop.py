@@ -98,7 +98,8 @@ class State:
 def train_step(precond: torch.nn.Module, loss_fn: EDMLoss, optimizer: torch.optim.Optimizer,
                batches: list[dict[str, Any]], stage: StageParams, device: torch.device,
                autocast: torch.dtype | None, generator: torch.Generator) -> float:
-    """One optimizer step over gradient-accumulation micro-batches; returns the mean loss."""
+    """One optimizer step over gradient-accumulation micro-batches; returns the loss averaged
+    over micro-batches and ranks."""
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for batch in batches:
@@ -107,12 +108,23 @@ def train_step(precond: torch.nn.Module, loss_fn: EDMLoss, optimizer: torch.opti
             loss = loss_fn(precond, latents, text, stage.mask_ratio, generator) / len(batches)
         loss.backward()
         total += float(loss.detach())
+    total = global_mean(total, device)
     if not math.isfinite(total):
         raise NonFiniteLoss(f"loss is {total} in stage {stage.name}; stopping before the "
                             "optimizer step (lower the learning rate or check the data)")
     torch.nn.utils.clip_grad_norm_(precond.parameters(), stage.grad_clip)
     optimizer.step()
     return total
+
+
+def global_mean(value: float, device: torch.device) -> float:
+    """The mean over ranks (what one process on the whole global batch reports); every rank
+    gets the same number, so a non-finite loss stops all of them together."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor) / dist.get_world_size()
 
 
 Logger = Callable[[dict[str, float], int], None]
