@@ -6,6 +6,7 @@ tasks/common/shards.py, so a rerun or a retried unit skips the shards already co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from collections import Counter
@@ -17,7 +18,7 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from infra import s3
-from tasks.common.shards import (LocalShard, commit_shard, done_records, iter_shard,
+from tasks.common.shards import (LocalShard, ShardRecord, commit_shard, done_records, iter_shard,
                                  read_manifest, write_manifest)
 from tasks.encode.encoders import Encoders, encode_captions, encode_images, load
 from tasks.encode.preprocess import center_crop_resize, decode_image, npy_bytes, to_tensor
@@ -32,10 +33,21 @@ def latent_prefix(params: Params, dataset: str) -> str:
     return params.storage.uri(params.storage.latents_prefix, dataset)
 
 
-def caption_sidecar(params: Params, dataset: str, shard_name: str) -> dict[str, str]:
-    """Captions written by the caption step for one SA-1B shard (empty when there are none)."""
+def caption_sidecar(params: Params, dataset: str,
+                    shard_name: str) -> tuple[dict[str, str], str | None]:
+    """Captions the caption step wrote for one raw shard, and a version of them (None: none).
+
+    The version goes into the latent shard's record, so a shard encoded before its captions
+    existed (or changed) is encoded again instead of being skipped as complete."""
     uri = s3.join(raw_prefix(params, dataset), "captions", f"{shard_name}.json")
-    return s3.get_json(uri)["captions"] if s3.exists(uri) else {}
+    if not s3.exists(uri):
+        return {}, None
+    data = s3.get_bytes(uri)
+    return json.loads(data)["captions"], hashlib.sha256(data).hexdigest()[:16]
+
+
+def is_current(record: ShardRecord | None, caption_version: str | None) -> bool:
+    return record is not None and record.meta.get("captions") == caption_version
 
 
 def plan(params: Params, dataset: str) -> list[list[str]]:
@@ -73,7 +85,7 @@ def _flush(enc: Encoders, params: Params, batch: list[dict[str, Any]], out: Loca
 def encode_shard(enc: Encoders, params: Params, dataset: str, uri: str) -> ShardStats:
     """Encode one raw shard into a latent shard of the same name and commit it."""
     name = uri.rsplit("/", 1)[1].removesuffix(".tar")
-    captions = caption_sidecar(params, dataset, name)
+    captions, caption_version = caption_sidecar(params, dataset, name)
     stats = ShardStats()
     # Seeded per shard: a rerun of one shard gives the same posterior samples.
     generator = torch.Generator().manual_seed(params.encode.seed * 1_000_003 + zlib.crc32(name.encode()))
@@ -101,7 +113,7 @@ def encode_shard(enc: Encoders, params: Params, dataset: str, uri: str) -> Shard
             stats.skipped["corrupt_tar"] += len(stats.errors)
         out.close()
         commit_shard(out.path, latent_prefix(params, dataset), name, out.samples,
-                     meta={"source": uri, "skipped": dict(stats.skipped),
+                     meta={"source": uri, "skipped": dict(stats.skipped), "captions": caption_version,
                            "resolutions": list(params.encode.resolutions)})
         out.path.unlink(missing_ok=True)
     return stats
@@ -111,7 +123,11 @@ def encode_unit(params: Params, dataset: str, uris: list[str],
                 encoders: Encoders | None = None) -> dict[str, Any]:
     """Encode the raw shards of one unit, skipping those already committed."""
     done = done_records(latent_prefix(params, dataset))
-    todo = [u for u in uris if u.rsplit("/", 1)[1].removesuffix(".tar") not in done]
+    todo = []
+    for uri in uris:
+        name = uri.rsplit("/", 1)[1].removesuffix(".tar")
+        if name not in done or not is_current(done[name], caption_sidecar(params, dataset, name)[1]):
+            todo.append(uri)
     enc = encoders or (load(params.encode) if todo else None)
     encoded, skipped = 0, Counter()
     for uri in tqdm(todo, desc=f"encode {dataset}", unit="shard"):

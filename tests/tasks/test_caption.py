@@ -18,12 +18,12 @@ from tasks.caption.llava import caption_batches, generate, load, prepare
 from tasks.caption.run import caption_shard, plan, sidecar_uri
 from tasks.caption.text import clean, garbage_reason
 from tasks.caption.tiny import save_tiny_llava
-from tasks.common.shards import LocalShard, commit_shard, iter_shard, write_manifest
+from tasks.common.shards import (LocalShard, commit_shard, iter_shard, read_manifest,
+                                 write_manifest)
 from tasks.download.run import download
 from tasks.encode.run import encode_dataset, latent_prefix
 from tasks.encode.tiny import save_tiny_text_encoder, save_tiny_vae
 from tasks.params import load_params
-from tasks.common.shards import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +98,13 @@ def test_caption_shard_writes_a_sidecar_encode_reads_and_resumes(s3_prefix, tiny
     samples["sa1b-10"] = {"jpg": b"\xff\xd8\xff\xe0 not a jpeg", "txt": "", "json": {}}
     samples["sa1b-11"] = {"jpg": _jpeg(11), "txt": "  an existing   caption ", "json": {}}
     uri = _raw_shard(params, samples)
+    models = tmp_path / "models"
+    encode = dataclasses.replace(params.encode, vae=str(save_tiny_vae(models / "vae")),
+                                 text_encoder=str(save_tiny_text_encoder(models / "text")),
+                                 resolutions=(32,), batch_size=4)
+    # Encoded before captioning: only the sample that came with a caption is usable.
+    encode_dataset(dataclasses.replace(params, encode=encode), "sa1b")
+    assert read_manifest(latent_prefix(params, "sa1b")).samples == 1
 
     first = caption_shard(params, "sa1b", uri)
     assert first["resumed"] is False and first["samples"] == 11
@@ -112,10 +119,7 @@ def test_caption_shard_writes_a_sidecar_encode_reads_and_resumes(s3_prefix, tiny
     assert again["resumed"] is True and again["captioned"] == 9
     assert s3.get_json(sidecar_uri(params, "sa1b", "00000")) == sidecar
 
-    models = tmp_path / "models"
-    encode = dataclasses.replace(params.encode, vae=str(save_tiny_vae(models / "vae")),
-                                 text_encoder=str(save_tiny_text_encoder(models / "text")),
-                                 resolutions=(32,), batch_size=4)
+    # The new sidecar makes the committed latent shard stale: it is encoded again.
     summary = encode_dataset(dataclasses.replace(params, encode=encode), "sa1b")
     latents = read_manifest(latent_prefix(params, "sa1b"))
     assert latents.samples == len(sidecar["captions"]) == 10, summary
