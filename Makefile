@@ -13,7 +13,7 @@ MB_MLFLOW_PORT ?= 15500
 export PREFECT_API_URL ?= http://127.0.0.1:$(MB_PREFECT_PORT)/api
 export MLFLOW_TRACKING_URI ?= http://127.0.0.1:$(MB_MLFLOW_PORT)
 
-.PHONY: setup services-up services-down services-status test test-fast demo clean-state
+.PHONY: setup services-up services-down services-status test demo repro screenshots clean-state
 
 setup: $(STAMP)  ## create .venv and install everything (idempotent)
 
@@ -48,6 +48,14 @@ demo: services-up  ## run the whole pipeline on the embedded demo profile
 	@$(PY) -m infra.services status
 	@echo "Prefect UI: $$($(PY) -c 'from infra.settings import prefect_api_url as u; print(u()[:-4])')"
 	@echo "MLflow UI:  $$($(PY) -c 'from infra.settings import mlflow_uri as u; print(u())')"
+
+repro: services-up  ## the same pipeline as DVC stages (`dvc repro`), then `dvc push` to the local S3
+	$(PY) -m tasks.models
+	PATH=$(CURDIR)/.venv/bin:$$PATH .venv/bin/dvc repro
+	PATH=$(CURDIR)/.venv/bin:$$PATH .venv/bin/dvc push
+
+screenshots:  ## README screenshots of the MLflow and Prefect UIs (after `make demo`; needs chromium)
+	$(PY) -m infra.screenshots
 
 clean-state: services-down  ## forget all local service data (buckets, runs, flow history)
 	rm -rf .state
