@@ -188,6 +188,56 @@ def iter_tar_samples(fileobj, errors: list[str] | None = None) -> Iterator[tuple
         yield current_key, current
 
 
+def scan_ustar(data: bytes) -> list[tuple[str, int, int]] | None:
+    """(name, offset, size) of every member of a plain, intact ustar archive; None otherwise.
+
+    Our shards are plain ustar (short ASCII names, regular files). Reading their headers
+    directly is several times faster than tarfile, which matters to the training loader; any
+    other layout, a bad checksum or a truncation returns None and tarfile takes over.
+    """
+    members, pos, end = [], 0, len(data)
+    while pos + 512 <= end:
+        header = data[pos:pos + 512]
+        if header.count(0) == 512:
+            return members  # end-of-archive block
+        if header[257:262] != b"ustar" or header[156] not in (0x30, 0):
+            return None  # pax/GNU extensions, links, directories: not the fast path
+        try:
+            size = int(header[124:136].strip(b"\0 ") or b"0", 8)
+            checksum = int(header[148:156].strip(b"\0 "), 8)
+        except ValueError:
+            return None
+        if sum(header[:148]) + 8 * 32 + sum(header[156:]) != checksum:
+            return None
+        name = header[:100].split(b"\0", 1)[0]
+        prefix = header[345:500].split(b"\0", 1)[0]
+        start = pos + 512
+        if start + size > end:
+            return None
+        members.append(((prefix + b"/" + name if prefix else name).decode("utf-8", "replace"),
+                        start, size))
+        pos = start + (size + 511) // 512 * 512
+    return None  # no end-of-archive block: truncated
+
+
+def iter_tar_bytes(data: bytes, errors: list[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """iter_tar_samples over an archive in memory, through scan_ustar when it applies."""
+    members = scan_ustar(data)
+    if members is None:
+        yield from iter_tar_samples(io.BytesIO(data), errors)
+        return
+    current_key, current = None, {}
+    for name, start, size in members:
+        key, _, ext = name.rpartition("/")[2].partition(".")
+        if key != current_key and current_key is not None:
+            yield current_key, current
+            current = {}
+        current_key = key
+        current[ext] = data[start:start + size]
+    if current_key is not None:
+        yield current_key, current
+
+
 def iter_shard(uri: str, errors: list[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Stream the samples of one S3 shard."""
-    yield from iter_tar_samples(io.BytesIO(s3.get_bytes(uri)), errors)
+    yield from iter_tar_bytes(s3.get_bytes(uri), errors)

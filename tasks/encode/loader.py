@@ -5,12 +5,15 @@ share of them), and within a shard a seeded permutation of its samples. A batch 
 sample's dataset by weight (default: proportional to size), so the mix holds in expectation.
 The position (epoch, shard, sample per dataset, plus the draw RNG) is a small dict: save it with
 a checkpoint and `load_state_dict` resumes on the same next sample. Decoded shards are kept in a
-bounded LRU cache; a corrupt shard is skipped and reported.
+bounded LRU cache; a corrupt shard is skipped and reported. The next shard of each stream is
+fetched and decoded in a background thread while the current one is consumed; that changes
+when shards are read, never which samples come out.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -29,6 +32,7 @@ class LoaderConfig:
     caption_drop: float = 0.1  # probability of a zeroed caption embedding (CFG training)
     weights: dict[str, float] = field(default_factory=dict)  # dataset -> weight; empty: by size
     cache_shards: int = 8  # decoded shards kept in memory
+    prefetch_threads: int = 2  # background shard fetches (0: fetch when needed)
     rank: int = 0
     world_size: int = 1
 
@@ -39,6 +43,12 @@ class _Stream:
     epoch: int = 0
     shard_pos: int = 0
     sample_pos: int = 0
+    order: tuple[int, list[str]] | None = None  # (epoch, this rank's shard order), memoised
+    perm: tuple[tuple[int, int, int], np.ndarray] | None = None  # (epoch, shard, n), memoised
+
+
+# One decoded sample: key, latents and caption embedding as stored (fp16 arrays).
+Sample = tuple[str, np.ndarray, np.ndarray]
 
 
 class LatentLoader:
@@ -62,8 +72,11 @@ class LatentLoader:
         self.names = sorted(self.streams)
         self.probs = np.array([raw[n] / total for n in self.names])
         self.rng = np.random.default_rng([config.seed, config.rank])
-        self.cache: OrderedDict[str, list[tuple[str, dict[str, bytes]]]] = OrderedDict()
+        self.cache: OrderedDict[str, list[Sample]] = OrderedDict()
         self.corrupt: dict[str, str] = {}
+        self.pool = ThreadPoolExecutor(config.prefetch_threads, thread_name_prefix="latents") \
+            if config.prefetch_threads else None
+        self.pending: dict[str, Future] = {}
 
     # --- position --------------------------------------------------------------------------
 
@@ -82,27 +95,50 @@ class LatentLoader:
     # --- sampling --------------------------------------------------------------------------
 
     def _order(self, name: str, epoch: int) -> list[str]:
-        shards = self.streams[name].shards
-        perm = np.random.default_rng([self.config.seed, epoch, len(name)]).permutation(len(shards))
-        ordered = [shards[i] for i in perm]
-        return ordered[self.config.rank::self.config.world_size]
+        stream = self.streams[name]
+        if stream.order is None or stream.order[0] != epoch:
+            perm = np.random.default_rng([self.config.seed, epoch, len(name)]).permutation(
+                len(stream.shards))
+            ordered = [stream.shards[i] for i in perm]
+            stream.order = (epoch, ordered[self.config.rank::self.config.world_size])
+        return stream.order[1]
 
-    def _samples(self, uri: str) -> list[tuple[str, dict[str, bytes]]]:
+    def _decode(self, uri: str) -> tuple[list[Sample], str | None]:
+        """Fetch and decode one shard (runs in a prefetch thread); (samples, first error)."""
+        errors: list[str] = []
+        field_name = f"lat{self.config.resolution}.npy"
+        samples = []
+        for key, sample in iter_shard(uri, errors):
+            if field_name not in sample:
+                raise KeyError(f"{key}: no {field_name}; encoded resolutions do not include "
+                               f"{self.config.resolution}")
+            try:
+                samples.append((key, npy_load(sample[field_name]), npy_load(sample["txtemb.npy"])))
+            except (KeyError, ValueError) as err:
+                errors.append(f"{key}: undecodable sample ({err})")
+                break
+        # A corrupt shard is skipped whole: a half-read shard would skew the position.
+        return ([], errors[0]) if errors else (samples, None)
+
+    def _prefetch(self, uri: str) -> None:
+        if self.pool and uri not in self.cache and uri not in self.pending \
+                and uri not in self.corrupt:
+            self.pending[uri] = self.pool.submit(self._decode, uri)
+
+    def _samples(self, uri: str) -> list[Sample]:
         if uri in self.cache:
             self.cache.move_to_end(uri)
             return self.cache[uri]
-        errors: list[str] = []
-        samples = list(iter_shard(uri, errors))
-        if errors:
-            # A corrupt shard is skipped whole: a half-read shard would skew the position.
-            self.corrupt[uri] = errors[0]
-            samples = []
+        future = self.pending.pop(uri, None)
+        samples, error = future.result() if future else self._decode(uri)
+        if error:
+            self.corrupt[uri] = error
         self.cache[uri] = samples
         while len(self.cache) > self.config.cache_shards:
             self.cache.popitem(last=False)
         return samples
 
-    def _next_sample(self, name: str) -> tuple[str, dict[str, bytes]]:
+    def _next_sample(self, name: str) -> Sample:
         stream = self.streams[name]
         for _ in range(10 * len(stream.shards) + 10):
             order = self._order(name, stream.epoch)
@@ -114,9 +150,13 @@ class LatentLoader:
             if stream.sample_pos >= len(samples):
                 stream.shard_pos, stream.sample_pos = stream.shard_pos + 1, 0
                 continue
-            perm = np.random.default_rng([self.config.seed, stream.epoch, stream.shard_pos,
-                                          len(samples)]).permutation(len(samples))
-            sample = samples[perm[stream.sample_pos]]
+            if stream.sample_pos == 0 and stream.shard_pos + 1 < len(order):
+                self._prefetch(order[stream.shard_pos + 1])
+            key = (stream.epoch, stream.shard_pos, len(samples))
+            if stream.perm is None or stream.perm[0] != key:
+                stream.perm = (key, np.random.default_rng([self.config.seed, *key]).permutation(
+                    len(samples)))
+            sample = samples[stream.perm[1][stream.sample_pos]]
             stream.sample_pos += 1
             return sample
         raise RuntimeError(f"{name}: no readable samples (corrupt shards: {self.corrupt})")
@@ -125,21 +165,13 @@ class LatentLoader:
         cfg = self.config
         picks = self.rng.choice(len(self.names), size=cfg.batch_size, p=self.probs)
         drops = self.rng.random(cfg.batch_size) < cfg.caption_drop
-        latents, texts, keys, sources = [], [], [], []
-        for pick, drop in zip(picks, drops):
-            key, sample = self._next_sample(self.names[pick])
-            field_name = f"lat{cfg.resolution}.npy"
-            if field_name not in sample:
-                raise KeyError(f"{key}: no {field_name}; encoded resolutions do not include "
-                               f"{cfg.resolution}")
-            latents.append(npy_load(sample[field_name]).astype(np.float32))
-            text = npy_load(sample["txtemb.npy"]).astype(np.float32)
-            texts.append(np.zeros_like(text) if drop else text)
-            keys.append(key)
-            sources.append(self.names[pick])
-        return {"latents": torch.from_numpy(np.stack(latents)),
-                "text": torch.from_numpy(np.stack(texts)),
-                "dropped": torch.from_numpy(drops), "keys": keys, "datasets": sources}
+        samples = [self._next_sample(self.names[pick]) for pick in picks]
+        # One stack and one fp16 -> fp32 conversion per batch, not one per sample.
+        latents = torch.from_numpy(np.stack([s[1] for s in samples])).float()
+        text = torch.from_numpy(np.stack([s[2] for s in samples])).float()
+        text[torch.from_numpy(drops)] = 0.0
+        return {"latents": latents, "text": text, "dropped": torch.from_numpy(drops),
+                "keys": [s[0] for s in samples], "datasets": [self.names[p] for p in picks]}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
