@@ -16,7 +16,6 @@ from mlflow.tracking import MlflowClient
 
 from infra.settings import mlflow_uri
 
-EXPERIMENT = "micro-budget"
 
 
 def metric_names(result: dict[str, Any]) -> dict[str, str]:
@@ -28,11 +27,10 @@ def metric_names(result: dict[str, Any]) -> dict[str, str]:
 
 def start_run(name: str) -> str:
     """A new MLflow run for an evaluation that no training run was given for; returns its id."""
+    from tasks.report.tracking import experiment_id
+
     client = MlflowClient(tracking_uri=mlflow_uri())
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    experiment_id = (experiment.experiment_id if experiment is not None
-                     else client.create_experiment(EXPERIMENT))
-    run = client.create_run(experiment_id, run_name=name)
+    run = client.create_run(experiment_id(client), run_name=name)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 

@@ -27,9 +27,17 @@ def _client() -> MlflowClient:
     return MlflowClient(tracking_uri=mlflow_uri())
 
 
+# MLflow 3 opens an experiment in its GenAI view unless it is marked as model training.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def experiment_id(client: MlflowClient) -> str:
     found = client.get_experiment_by_name(EXPERIMENT)
-    return found.experiment_id if found is not None else client.create_experiment(EXPERIMENT)
+    if found is None:
+        return client.create_experiment(EXPERIMENT, tags={KIND_TAG: KIND})
+    if found.tags.get(KIND_TAG) != KIND:
+        client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
+    return found.experiment_id
 
 
 def start_pipeline_run(params: Params, name: str, tags: dict[str, str] | None = None) -> str:
