@@ -89,6 +89,9 @@ def test_tiny_llava_loads_and_batched_greedy_matches_one_by_one(tiny_llava):
     assert batched == single
     assert all(text.strip() for text in batched)
     assert len(set(batched)) > 1, "captions do not depend on the image"
+    static = load(CaptionParams(model=tiny_llava, device="cpu", max_new_tokens=8,
+                                cache_implementation="static"))
+    assert generate(static, prepare(static, images[:3])) == batched[:3]
 
 
 def test_caption_shard_writes_a_sidecar_encode_reads_and_resumes(s3_prefix, tiny_llava, tmp_path):
