@@ -28,6 +28,11 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP DTensor) parameter gathered whole; any other tensor as it is."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 class EMA:
     """A frozen copy of a model whose weights follow the trained ones (use .model to sample)."""
 
@@ -61,7 +66,7 @@ class EMA:
         if missing or len(source) != len(targets):
             raise ValueError(f"EMA and model parameters differ (missing: {missing[:5]})")
         averaged = [p for _, p in targets]
-        current = [source[name].detach().to(p.dtype) for name, p in targets]
+        current = [_whole(source[name]).detach().to(p.dtype) for name, p in targets]
         torch._foreach_lerp_(averaged, current, 1.0 - beta)
         self.images_seen = images_seen
         return beta

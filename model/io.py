@@ -25,8 +25,10 @@ WEIGHTS_NAME = "model.safetensors"
 RESOLUTION_FIELDS = frozenset({"input_size", "pos_interp_scale"})
 
 
-def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
-    """Write config.json and model.safetensors (float tensors as they are) into directory."""
+def save_pretrained(model: nn.Module, directory: str | Path,
+                    state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write config.json and model.safetensors (float tensors as they are) into directory;
+    `state` replaces the model's own state dict (e.g. weights gathered from shards)."""
     net = unwrap(model)
     if not isinstance(net, MicroDiT):
         raise TypeError(f"save_pretrained expects a MicroDiT, got {type(net).__name__}")
@@ -34,7 +36,8 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     config = {"architecture": "MicroDiT", **asdict(net.config)}
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    tensors = {name: t.detach().cpu().contiguous() for name, t in net.state_dict().items()}
+    source = net.state_dict() if state is None else state
+    tensors = {name: t.detach().cpu().contiguous() for name, t in source.items()}
     save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
     return out
 

@@ -46,12 +46,14 @@ def latest(prefix: str) -> Pointer | None:
 
 
 def save(prefix: str, model: torch.nn.Module, ema_model: torch.nn.Module,
-         state: dict[str, Any], step: int, images: int) -> Pointer:
-    """Upload a full checkpoint, then move latest.json to it."""
+         state: dict[str, Any], step: int, images: int,
+         model_weights: dict[str, torch.Tensor] | None = None) -> Pointer:
+    """Upload a full checkpoint, then move latest.json to it; `model_weights` replaces the
+    model's own state dict (the gathered weights of a sharded model)."""
     uri = s3.join(prefix, f"step-{images:012d}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        save_pretrained(model, root / "model")
+        save_pretrained(model, root / "model", model_weights)
         save_pretrained(ema_model, root / "ema")
         torch.save(state, root / "train_state.pt")
         for name in FILES:

@@ -45,7 +45,7 @@ class TrainParams:
     micro_batch: int = 256  # images per forward on one rank
     gpus_per_node: int = 1
     nodes: int = 1
-    backend: Literal["ddp"] = "ddp"  # FSDP is not built yet: XL_2 fits one H100 under DDP
+    backend: Literal["ddp", "fsdp"] = "ddp"  # fsdp: fully_shard per transformer block
     compile: bool = False
     precision: Literal["bf16", "fp32"] = "bf16"  # autocast dtype on GPU; CPU runs fp32
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 
 from model.config import MicroDiTConfig, preset
 from model.edm import EDMLoss, EDMPrecond
@@ -26,7 +25,7 @@ from model.optim import param_groups
 from tasks.common.shards import read_manifest
 from tasks.encode.loader import LatentLoader, LoaderConfig
 from tasks.params import Params
-from tasks.train import checkpoint
+from tasks.train import checkpoint, parallel
 from tasks.train.config import StageParams, TrainParams
 from tasks.train.schedule import lr_factor
 
@@ -139,19 +138,25 @@ def train(params: Params, stage_name: str, log: Logger | None = None) -> dict[st
     autocast = torch.bfloat16 if device.type == "cuda" and tp.precision == "bf16" else None
     net = build_model(model_config(tp, stage)).to(device)
     ema = EMA(net, tp.ema_half_life_images)
-    optimizer = torch.optim.AdamW(param_groups(net, stage.lr, tp.weight_decay, tp.moe_lr_scale),
-                                  betas=tp.betas, eps=tp.eps, fused=device.type == "cuda")
     micro = tp.micro_batch
     accum = tp.global_batch // (micro * d.world)
     loader = open_loader(params, stage, micro, d)
     runs = params.storage.uri(params.storage.runs_prefix)
     prefix = checkpoint.stage_prefix(runs, tp.run_name, stage.name)
     state = State()
-    resumed_from = _restore(params, stage, prefix, net, ema, optimizer, loader, state)
-    model: torch.nn.Module = net
-    if d.world > 1:
-        model = DistributedDataParallel(net, device_ids=[d.local_rank] if device.type == "cuda"
-                                        else None)
+    saved, resumed_from = _restore(params, stage, prefix, net, ema, loader, state)
+    model = parallel.wrap(net, d.world, tp.backend, device)
+    # Built after wrapping: FSDP replaces the parameters with sharded ones.
+    optimizer = torch.optim.AdamW(param_groups(net, stage.lr, tp.weight_decay, tp.moe_lr_scale),
+                                  betas=tp.betas, eps=tp.eps, fused=device.type == "cuda")
+    if saved is not None:
+        for group in saved["param_groups"]:
+            group.pop("initial_lr", None)  # the LR scheduler's key; set below for this stage
+        parallel.load_optimizer_state(net, optimizer, saved)
+        for group in optimizer.param_groups:
+            # A new stage keeps the moments but takes its own learning rate.
+            group["initial_lr"] = stage.lr * (tp.moe_lr_scale if group.get("name") == "moe"
+                                              else 1.0)
     precond = EDMPrecond(model)
     if tp.compile:
         # Compile only the network; EMA, sampling and evaluation use the uncompiled modules.
@@ -197,6 +202,9 @@ def train(params: Params, stage_name: str, log: Logger | None = None) -> dict[st
 
 
 def _checkpoint(prefix, net, ema, optimizer, scheduler, loader, state, d):
+    # Collectives under FSDP: every rank gathers, rank 0 writes.
+    weights = parallel.model_weights(net)
+    optimizer_state = parallel.optimizer_state(net, optimizer)
     if d.world > 1:
         # Every rank's data position matters; rank 0 stores them all.
         positions = [None] * d.world
@@ -206,17 +214,20 @@ def _checkpoint(prefix, net, ema, optimizer, scheduler, loader, state, d):
     pointer = None
     if d.main:
         pointer = checkpoint.save(prefix, net, ema.model, {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
             "step": state.step, "images": state.images, "losses": state.losses,
             "loader": positions, "ema_images": ema.images_seen,
-            "torch_rng": torch.get_rng_state()}, state.step, state.images)
+            "torch_rng": torch.get_rng_state()}, state.step, state.images, weights)
     if d.world > 1:
         dist.barrier()
     return pointer
 
 
-def _restore(params, stage, prefix, net, ema, optimizer, loader, state) -> int | None:
-    """Resume this stage from its latest checkpoint, or start from the previous stage."""
+def _restore(params, stage, prefix, net, ema, loader, state) -> tuple[dict | None, int | None]:
+    """Resume this stage from its latest checkpoint, or start from the previous stage.
+
+    Loads weights (before any sharding) and the position; returns the optimizer state to load
+    once the optimizer exists (None: fresh moments) and the step resumed from."""
     tp = params.train
     pointer = checkpoint.latest(prefix)
     source, full = (pointer.uri, True) if pointer else (None, False)
@@ -229,23 +240,20 @@ def _restore(params, stage, prefix, net, ema, optimizer, loader, state) -> int |
                                     "checkpoint yet: train it first")
         source = prev_ptr.uri
     if source is None:
-        return None
+        return None, None
+    optimizer_state = None
     with tempfile.TemporaryDirectory() as tmp:
         root = checkpoint.download(source, Path(tmp))
         load_weights(net, root / "model")
         load_weights(ema.model, root / "ema")
         if full or stage.loads == "full":
             saved = checkpoint.load_state(root)
-            optimizer.load_state_dict(saved["optimizer"])
+            optimizer_state = saved["optimizer"]
             ema.images_seen = int(saved["ema_images"]) if full else 0
-            for group in optimizer.param_groups:
-                # A new stage keeps the moments but takes its own learning rate.
-                group["initial_lr"] = stage.lr * (tp.moe_lr_scale if group.get("name") == "moe"
-                                                  else 1.0)
             if full:
                 state.step, state.images = int(saved["step"]), int(saved["images"])
                 state.losses = list(saved["losses"])
                 rank = int(os.environ.get("RANK", "0"))
                 loader.load_state_dict(saved["loader"][rank])
                 torch.set_rng_state(saved["torch_rng"])
-    return state.step if full else 0
+    return optimizer_state, state.step if full else 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -118,3 +120,29 @@ def test_nan_guard_stops_with_a_clear_error(s3_prefix):
     _latents(params, shards=1, per_shard=8)
     with pytest.raises(NonFiniteLoss, match="loss is"):
         train(params, "stage1")
+
+
+def test_fsdp_stage_on_two_ranks_checkpoints_full_weights_that_resume_anywhere(s3_prefix, tmp_path):
+    """torchrun, 2 CPU ranks, FSDP: the checkpoint holds whole tensors, so stage 2 continues
+    from it in one plain process."""
+    params = _params(s3_prefix, steps=(4, 2), every=16)
+    params = dataclasses.replace(params, train=dataclasses.replace(
+        params.train, backend="fsdp", gpus_per_node=2, micro_batch=4))
+    _latents(params)
+    path = _write_params(params, tmp_path / "params.yaml")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={port}", "-m", "tasks.train.launch", "--stage", "stage1", "--params",
+           path, "--no-mlflow", "--summary", str(tmp_path / "s1.json")]
+    subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=True, timeout=300)
+    summary = json.loads((tmp_path / "s1.json").read_text())
+    assert summary["gpus"] == 2 and summary["steps"] == 4 and all(np.isfinite(summary["losses"]))
+    pointer = checkpoint.latest(_stage_prefix(params, "stage1"))
+    assert pointer.step == 4
+    single = dataclasses.replace(params, train=dataclasses.replace(
+        params.train, backend="ddp", gpus_per_node=1, micro_batch=8))
+    stage2 = train(single, "stage2")  # loads stage 1's weights and optimizer moments
+    assert stage2["steps"] == 2 and np.isfinite(stage2["final_loss"])

@@ -1,4 +1,5 @@
-"""Two gloo DDP processes on halves of a global batch take the same step as one process on it."""
+"""Two gloo processes (DDP or FSDP) on halves of a global batch take the same steps as one
+process on the whole batch."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel
 
 from model.config import preset
 from model.edm import EDMLoss, EDMPrecond
 from model.microdit import build_model
 from model.optim import param_groups
 from tasks.train.config import StageParams
+from tasks.train import parallel
 from tasks.train.loop import train_step
 
 GLOBAL_BATCH = 8
@@ -46,13 +47,13 @@ def _noise(step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(1000 * step + rank)
 
 
-def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
+def _rank_main(rank: int, world: int, port: int, out_dir: str, backend: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     net = _net()
-    precond = EDMPrecond(DistributedDataParallel(net))
-    optimizer = _optimizer(net)
+    precond = EDMPrecond(parallel.wrap(net, world, backend, torch.device("cpu")))
+    optimizer = _optimizer(net)  # after wrap: FSDP replaces the parameters
     loss_fn = EDMLoss(caption_drop_prob=0.0)
     share = GLOBAL_BATCH // world
     losses = []
@@ -62,8 +63,10 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
         batch = {"latents": latents[mine], "text": text[mine]}
         losses.append(train_step(precond, loss_fn, optimizer, [batch], STAGE,
                                  torch.device("cpu"), None, _noise(step, rank)))
+    weights = parallel.model_weights(net)  # a collective under FSDP
     if rank == 0:
-        torch.save(net.state_dict(), os.path.join(out_dir, "ddp.pt"))
+        torch.save(weights if weights is not None else net.state_dict(),
+                   os.path.join(out_dir, "ddp.pt"))
         with open(os.path.join(out_dir, "ddp.json"), "w") as fh:
             json.dump(losses, fh)
     dist.destroy_process_group()
@@ -99,10 +102,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_process_ddp_matches_one_process_on_the_global_batch(tmp_path):
+@pytest.mark.parametrize("backend", ["ddp", "fsdp"])
+def test_two_processes_match_one_process_on_the_global_batch(tmp_path, backend):
     world = 2
-    mp.start_processes(_rank_main, args=(world, _free_port(), str(tmp_path)), nprocs=world,
-                       join=True, start_method="spawn")
+    mp.start_processes(_rank_main, args=(world, _free_port(), str(tmp_path), backend),
+                       nprocs=world, join=True, start_method="spawn")
     ddp_losses = json.loads((tmp_path / "ddp.json").read_text())
     ddp_state = torch.load(tmp_path / "ddp.pt")
     ref_losses, ref_state = _one_process(world)
@@ -110,3 +114,19 @@ def test_two_process_ddp_matches_one_process_on_the_global_batch(tmp_path):
     assert ddp_losses[0] != ddp_losses[1]  # the first step changed the weights
     for name, ref in ref_state.items():
         torch.testing.assert_close(ddp_state[name], ref, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_optimizer_state_round_trips_by_parameter_name():
+    net, other = _net(), _net()
+    optimizer, fresh = _optimizer(net), _optimizer(other)
+    latents, text = _global_batch(0)
+    EDMLoss()(EDMPrecond(net), latents, text, 0.5, _noise(0, 0)).backward()
+    optimizer.step()
+    saved = parallel.optimizer_state(net, optimizer)
+    assert all(isinstance(name, str) for name in saved["state"])  # keyed by name, not position
+    parallel.load_optimizer_state(other, fresh, saved)
+    got, want = fresh.state_dict(), optimizer.state_dict()
+    assert got["state"].keys() == want["state"].keys()
+    for index, moments in want["state"].items():
+        for key, value in moments.items():
+            torch.testing.assert_close(got["state"][index][key], value)
