@@ -51,6 +51,13 @@ def optimizer_state(net: nn.Module, optimizer: torch.optim.Optimizer) -> dict[st
 def load_optimizer_state(net: nn.Module, optimizer: torch.optim.Optimizer,
                          state: dict[str, Any]) -> None:
     """Load a full, name-keyed optimizer state (every rank holds it) into a possibly sharded
-    model's optimizer."""
+    model's optimizer. A state keyed by position (checkpoints written before name keys) loads
+    into an unsharded model only."""
+    if any(isinstance(key, int) for key in state.get("state", {})):
+        if is_sharded(net):
+            raise ValueError("this checkpoint's optimizer state is keyed by position (an older "
+                             "format); resume it once with backend ddp, which rewrites it")
+        optimizer.load_state_dict(state)
+        return
     set_optimizer_state_dict(net, optimizer, state,
                              options=StateDictOptions(full_state_dict=True))

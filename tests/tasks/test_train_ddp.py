@@ -130,3 +130,15 @@ def test_optimizer_state_round_trips_by_parameter_name():
     for index, moments in want["state"].items():
         for key, value in moments.items():
             torch.testing.assert_close(got["state"][index][key], value)
+
+
+def test_position_keyed_optimizer_state_of_older_checkpoints_still_loads():
+    net, other = _net(), _net()
+    optimizer, fresh = _optimizer(net), _optimizer(other)
+    latents, text = _global_batch(0)
+    EDMLoss()(EDMPrecond(net), latents, text, 0.5, _noise(0, 0)).backward()
+    optimizer.step()
+    parallel.load_optimizer_state(other, fresh, optimizer.state_dict())
+    first = next(iter(optimizer.state_dict()["state"]))
+    torch.testing.assert_close(fresh.state_dict()["state"][first]["exp_avg"],
+                               optimizer.state_dict()["state"][first]["exp_avg"])
