@@ -19,8 +19,8 @@ from infra.settings import REPO_ROOT, mlflow_uri
 from tasks.params import Params
 from tasks.report.ledger import STEPS, ledger, rows_as_dicts, totals
 from tasks.report.summary import final_metrics, report_markdown
-from tasks.report.tracking import (finish_pipeline_run, log_step_run, run_url,
-                                   start_pipeline_run)
+from tasks.report.tracking import (GRID_PATH, artifact_url, finish_pipeline_run, log_step_run,
+                                   run_url, start_pipeline_run)
 
 OUT = REPO_ROOT / "out"
 
@@ -43,9 +43,12 @@ def report(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str) 
         log_step_run(parent_run_id, row, env.get("result") or {})
     metrics = final_metrics(envelopes)
     link = run_url(parent_run_id)
-    markdown = report_markdown(params.profile, envelopes, rows, link)
-    finish_pipeline_run(parent_run_id, rows, metrics, markdown, eval_grid(envelopes))
-    return {"mlflow_run_id": parent_run_id, "mlflow_url": link, "cost": rows_as_dicts(rows),
+    grid = eval_grid(envelopes)
+    grid_link = artifact_url(parent_run_id, GRID_PATH) if grid else None
+    markdown = report_markdown(params.profile, envelopes, rows, link, grid_link)
+    finish_pipeline_run(parent_run_id, rows, metrics, markdown, grid)
+    return {"mlflow_run_id": parent_run_id, "mlflow_url": link, "grid_url": grid_link,
+            "cost": rows_as_dicts(rows),
             "totals": totals(rows), "metrics": metrics, "markdown": markdown}
 
 

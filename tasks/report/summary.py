@@ -39,7 +39,7 @@ def final_metrics(envelopes: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def report_markdown(profile: str, envelopes: list[dict[str, Any]], rows: list[LedgerRow],
-                    mlflow_link: str | None = None) -> str:
+                    mlflow_link: str | None = None, grid_link: str | None = None) -> str:
     steps = _by_step(envelopes)
     metrics = final_metrics(envelopes)
     ev = steps.get("evaluate", {})
@@ -57,6 +57,8 @@ def report_markdown(profile: str, envelopes: list[dict[str, Any]], rows: list[Le
         parts += ["", "Protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items()), ""]
     else:
         parts += ["No evaluation in this run.", ""]
+    if grid_link:
+        parts += [f"![Samples from the EMA weights for COCO captions]({grid_link})", ""]
     train = steps.get("train", {})
     if train:
         parts += ["## Training", "", "```", _compact(train), "```", ""]

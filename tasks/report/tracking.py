@@ -7,6 +7,8 @@ its own wall time, cost and summary.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import json
 import tempfile
 from pathlib import Path
@@ -86,9 +88,17 @@ def finish_pipeline_run(parent_id: str, rows: list[LedgerRow], metrics: dict[str
         (folder / "cost_table.json").write_text(json.dumps(rows_as_dicts(rows), indent=2))
         (folder / "report.md").write_text(report_md)
         if grid_png:
-            (folder / "samples_grid.png").write_bytes(grid_png)
+            (folder / GRID_PATH.split("/")[-1]).write_bytes(grid_png)
         client.log_artifacts(parent_id, str(folder), artifact_path="report")
     client.set_terminated(parent_id)
+
+
+GRID_PATH = "report/samples_grid.png"  # where finish_pipeline_run logs the sample grid
+
+
+def artifact_url(run_id: str, path: str) -> str:
+    """A direct link to one artifact, served by the tracking server (images in markdown)."""
+    return f"{mlflow_uri().rstrip('/')}/get-artifact?path={quote(path)}&run_uuid={run_id}"
 
 
 def run_url(run_id: str) -> str:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import urllib.request
+
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from tasks.common.cost import CostParams
 from tasks.params import load_params
 from tasks.report.ledger import envelope, ledger, totals
 from tasks.report.step import report
-from tasks.report.tracking import start_pipeline_run
+from tasks.report.tracking import experiment_id, start_pipeline_run
 
 
 def test_ledger_prices_gpu_steps_at_the_gpu_rate():
@@ -24,13 +28,28 @@ def test_ledger_prices_gpu_steps_at_the_gpu_rate():
     assert abs(totals(rows)["cost_usd"] - 22.6) < 1e-9
 
 
-def test_report_logs_parent_and_nested_runs(mlflow_service):
+def _evaluation_run_with_grid(client: MlflowClient, tmp_path) -> tuple[str, bytes]:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 16), (200, 40, 40)).save(buf, "PNG")
+    folder = tmp_path / "grid"
+    folder.mkdir()
+    (folder / "samples_grid.png").write_bytes(buf.getvalue())
+    run = client.create_run(experiment_id(client), run_name="test-eval")
+    client.log_artifacts(run.info.run_id, str(folder), artifact_path="eval/abc123")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id, buf.getvalue()
+
+
+def test_report_logs_parent_and_nested_runs(mlflow_service, tmp_path):
     params = load_params(profile="demo")
+    eval_run, grid = _evaluation_run_with_grid(MlflowClient(mlflow_service), tmp_path)
     envelopes = [envelope("download", {"cc3m": {"samples": 5, "attempted": 6, "succeeded": 5,
                                                 "success_rate": 5 / 6,
                                                 "failed": {"http_404": 1}}}, 12.0),
                  envelope("evaluate", {"fid": 123.4, "protocol": {"num_samples": 8,
-                                                                  "resolution": 64}}, 30.0)]
+                                                                  "resolution": 64},
+                                       "mlflow_run_id": eval_run, "protocol_hash": "abc123"},
+                          30.0)]
     parent = start_pipeline_run(params, "test-report")
     result = report(params, envelopes, parent)
     client = MlflowClient(mlflow_service)
@@ -45,3 +64,7 @@ def test_report_logs_parent_and_nested_runs(mlflow_service):
     assert "| cc3m | 5 | 6 | 5 | 83.3% | http_404 (1) |" in result["markdown"]
     artifacts = [a.path for a in client.list_artifacts(parent, "report")]
     assert "report/cost_table.json" in artifacts and "report/report.md" in artifacts
+    # The report embeds the sample grid through a link the tracking server answers.
+    assert f"]({result['grid_url']})" in result["markdown"]
+    with urllib.request.urlopen(result["grid_url"], timeout=30) as resp:
+        assert resp.read() == grid
