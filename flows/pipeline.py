@@ -15,6 +15,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from infra import s3
+from tasks.check import preflight, render
 from tasks.params import load_params
 from tasks.report.ledger import GPU_STEPS, STEPS
 from tasks.report.step import report_pipeline
@@ -48,13 +49,15 @@ def pipeline(profile: str | None = None, params_path: str | None = None,
     """The whole recipe on the profile in params.yaml (or `profile`); `steps` picks a subset."""
     logger = get_run_logger()
     params = load_params(params_path, profile)
+    # Disagreeing sections fail here, before any data moves or any GPU is paid for.
+    logger.info("%s", render(preflight(params), params.train.gpu_memory_gib))
     chosen = steps or list(STEPS)
     unknown = sorted(set(chosen) - set(STEPS))
     if unknown:
         raise ValueError(f"unknown steps {unknown}; steps: {list(STEPS)}")
     name = flow_run.get_name() or "local"
     parent = open_pipeline_run(profile, params_path, f"{params.profile}-{name}")
-    folder = params.storage.uri("pipeline", flow_run.get_id() or name)
+    folder = params.storage.uri(params.storage.pipeline_prefix, flow_run.get_id() or name)
     envelopes = []
     for step in (s for s in STEPS if s in chosen):
         logger.info("step %s starting", step)

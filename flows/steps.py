@@ -43,10 +43,14 @@ def caption(params: Params, parent_run_id: str | None) -> dict[str, Any]:
 
 
 def encode(params: Params, parent_run_id: str | None) -> dict[str, Any]:
+    from tasks.encode.run import encoded_datasets, not_read
     from tasks.encode.step import encode_shards, finish_encode, plan_encode
 
     out = {}
     for dataset in params.encode.datasets:
+        if dataset not in encoded_datasets(params):
+            out[dataset] = not_read(params, dataset)
+            continue
         units = plan_encode(params, dataset)
         # One task run per unit of shards: at scale each lands on its own GPU worker slot.
         futures = encode_shards.map(unmapped(params), unmapped(dataset), units)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from model.config import BlockSpec, MicroDiTConfig, backbone_blocks, ffn_hidden, mixer_blocks
 from model.layers import (CaptionBlock, CrossAttention, FinalLayer, Mlp, PatchEmbed,
@@ -63,6 +64,9 @@ class MicroDiT(nn.Module):
     def __init__(self, config: MicroDiTConfig) -> None:
         super().__init__()
         self.config = config
+        # Recompute each DiT block in the backward pass instead of storing its activations
+        # (a training setting, not architecture: never saved with the weights).
+        self.activation_checkpointing = False
         cfg, dim, eps = config, config.dim, config.norm_eps
         self.x_embed = PatchEmbed(cfg.latent_channels, dim, cfg.patch_size)
         # Not persisted: recomputed from the config, so weights load at any resolution.
@@ -160,7 +164,7 @@ class MicroDiT(nn.Module):
         h = self.mixer_in(h)  # (B, T, Dm)
         y_mixer = self.mixer_y(y)  # (B, L, Dm)
         for block in self.mixer:
-            h = block(h, y_mixer, c)
+            h = self._block(block, h, y_mixer, c)
 
         ids_keep = None
         if mask_ratio > 0:
@@ -169,13 +173,21 @@ class MicroDiT(nn.Module):
         # After masking: the Dm -> D map only runs on kept tokens.
         h = self.mixer_out(h)  # (B, K, D)
         for block in self.blocks:
-            h = block(h, y, c)
+            h = self._block(block, h, y, c)
         out = self.final(h, c)  # (B, K, p * p * C)
 
         if ids_keep is not None:
             out = scatter_tokens(out, ids_keep, tokens)  # (B, T, p * p * C)
         keep = keep_mask(ids_keep, tokens) if ids_keep is not None else None
         return DiTOutput(self.unpatchify(out), keep)
+
+    def _block(self, block: DiTBlock, h: torch.Tensor, y: torch.Tensor,
+               c: torch.Tensor) -> torch.Tensor:
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            # Blocks are deterministic (expert choice has no sampling), so the recomputation
+            # gives the stored activations exactly.
+            return checkpoint(block, h, y, c, use_reentrant=False)
+        return block(h, y, c)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, p * p * C) -> (B, C, H, W)."""

@@ -23,14 +23,16 @@ from tasks.params import PROFILES, load_params
 from tasks.report.ledger import envelope
 
 STEPS = ("download", "caption", "encode", "train", "evaluate", "report")
+COMMANDS = ("check", *STEPS)
 # Sections whose values each step reads, shown by --dry-run next to storage and cost.
 SECTIONS = {"download": ["download"], "caption": ["caption"], "encode": ["encode"],
-            "train": ["train"], "evaluate": ["evaluate"], "report": []}
+            "train": ["train"], "evaluate": ["evaluate"], "report": [],
+            "check": ["download", "caption", "encode", "train", "evaluate"]}
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tasks", description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=STEPS)
+    ap.add_argument("step", choices=COMMANDS, help="a step, or check: the preflight")
     ap.add_argument("--params", type=Path, default=None, help="params file (default params.yaml)")
     ap.add_argument("--profile", choices=PROFILES, default=None, help="override params.yaml profile")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -44,6 +46,18 @@ def resolved(params, step: str) -> dict:
     return {k: full[k] for k in keep}
 
 
+def check(params) -> int:
+    from tasks.check import PreflightError, preflight, render
+
+    try:
+        result = preflight(params)
+    except PreflightError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(render(result, params.train.gpu_memory_gib))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -51,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error in params: {err}", file=sys.stderr)
         return 2
+    if args.step == "check":
+        return check(params)
     if args.dry_run:
         print(yaml.safe_dump(resolved(params, args.step), sort_keys=False), end="")
         return 0

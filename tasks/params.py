@@ -35,6 +35,8 @@ class StorageParams:
     raw_prefix: str = "raw"  # s3://bucket/raw/<dataset>/
     latents_prefix: str = "latents"  # s3://bucket/latents/<dataset>/
     runs_prefix: str = "runs"  # s3://bucket/runs/<run>/<stage>/
+    pipeline_prefix: str = "pipeline"  # s3://bucket/pipeline/<flow run>/<step>.json envelopes
+    out_dir: str = "out"  # local folder (relative: to the repository) of the CLI/DVC envelopes
 
     def __post_init__(self) -> None:
         if not 3 <= len(self.bucket) <= 63 or not self.bucket.replace("-", "").isalnum():
@@ -44,6 +46,10 @@ class StorageParams:
 
     def uri(self, *parts: str) -> str:
         return "/".join([f"s3://{self.bucket}", *(p.strip("/") for p in parts)])
+
+    def out_path(self, name: str) -> Path:
+        root = Path(self.out_dir)
+        return (root if root.is_absolute() else REPO_ROOT / root) / name
 
 
 @dataclass(frozen=True)
@@ -96,3 +102,16 @@ def load_params(path: Path | str | None = None, profile: str | None = None) -> P
 
 def resolved_yaml(params: Params) -> str:
     return yaml.safe_dump(to_dict(params), sort_keys=False)
+
+
+def dump_params(params: Params, path: Path) -> Path:
+    """Write the resolved profile as a one-profile params file.
+
+    Child processes (torchrun ranks, step workers) load this file, so they run exactly the
+    values the parent resolved (its --params file, --profile and MB_PROFILE included) instead
+    of whatever params.yaml their working directory holds."""
+    block = {k: v for k, v in to_dict(params).items() if k != "profile"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"profile": params.profile, params.profile: block},
+                                   sort_keys=False))
+    return path

@@ -12,6 +12,7 @@ when shards are read, never which samples come out.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class LoaderConfig:
     batch_size: int  # samples per batch on this rank
     resolution: int  # px: which stored latents (lat<resolution>.npy) to read
     seed: int = 0
+    min_short_side: int = 0  # px: skip samples whose native short side is smaller
     caption_drop: float = 0.1  # probability of a zeroed caption embedding (CFG training)
     weights: dict[str, float] = field(default_factory=dict)  # dataset -> weight; empty: by size
     cache_shards: int = 8  # decoded shards kept in memory
@@ -77,6 +79,7 @@ class LatentLoader:
         self.pool = ThreadPoolExecutor(config.prefetch_threads, thread_name_prefix="latents") \
             if config.prefetch_threads else None
         self.pending: dict[str, Future] = {}
+        self.filtered = 0  # samples below min_short_side (counted once per shard decode)
 
     # --- position --------------------------------------------------------------------------
 
@@ -109,6 +112,10 @@ class LatentLoader:
         field_name = f"lat{self.config.resolution}.npy"
         samples = []
         for key, sample in iter_shard(uri, errors):
+            if self.config.min_short_side and native_short_side(key, sample) \
+                    < self.config.min_short_side:
+                self.filtered += 1
+                continue
             if field_name not in sample:
                 raise KeyError(f"{key}: no {field_name}; encoded resolutions do not include "
                                f"{self.config.resolution}")
@@ -176,3 +183,12 @@ class LatentLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
             yield self.next_batch()
+
+
+def native_short_side(key: str, sample: dict[str, bytes]) -> int:
+    """The native short side (px) that encode recorded in a latent sample's metadata."""
+    side = json.loads(sample.get("json", b"{}") or b"{}").get("native_short_side")
+    if not isinstance(side, int):
+        raise KeyError(f"{key}: no native_short_side in its metadata; the shard predates the "
+                       "size filter: encode it again")
+    return side

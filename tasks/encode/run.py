@@ -46,8 +46,44 @@ def caption_sidecar(params: Params, dataset: str,
     return json.loads(data)["captions"], hashlib.sha256(data).hexdigest()[:16]
 
 
-def is_current(record: ShardRecord | None, caption_version: str | None) -> bool:
-    return record is not None and record.meta.get("captions") == caption_version
+def resolution_plan(params: Params, dataset: str) -> dict[int, int]:
+    """Resolution (px) -> smallest native short side (px) encoded at it, for one dataset.
+
+    A dataset is encoded only at the resolutions of the training stages that read it, and at
+    each only for images no stage at that resolution filters out (`min_short_side`): a 512 px
+    stage never sees an upscaled 256 px image, and nothing is encoded that no stage reads."""
+    plan: dict[int, int] = {}
+    for stage in params.train.stages:
+        if dataset in params.train.stage_datasets(stage) \
+                and stage.resolution in params.encode.resolutions:
+            side = plan.get(stage.resolution)
+            plan[stage.resolution] = stage.min_short_side if side is None \
+                else min(side, stage.min_short_side)
+    return dict(sorted(plan.items()))
+
+
+def encoded_datasets(params: Params) -> list[str]:
+    """The encode datasets that some training stage reads (the others are skipped)."""
+    return [d for d in params.encode.datasets if resolution_plan(params, d)]
+
+
+def plan_key(plan: dict[int, int]) -> dict[str, int]:
+    return {str(res): side for res, side in plan.items()}
+
+
+def is_current(record: ShardRecord | None, caption_version: str | None,
+               plan: dict[int, int]) -> bool:
+    return (record is not None and record.meta.get("captions") == caption_version
+            and record.meta.get("plan") == plan_key(plan))
+
+
+def native_short_side(meta: dict[str, Any], image: Any) -> int:
+    """The short side of the image as its source served it (before the download's downscale);
+    the decoded image's size when the raw record does not say."""
+    width, height = meta.get("original_width"), meta.get("original_height")
+    if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
+        return min(width, height)
+    return min(image.size)
 
 
 def plan(params: Params, dataset: str) -> list[list[str]]:
@@ -68,16 +104,22 @@ class ShardStats:
     errors: list[str] = field(default_factory=list)
 
 
-def _flush(enc: Encoders, params: Params, batch: list[dict[str, Any]], out: LocalShard,
-           generator: torch.Generator) -> None:
-    latents = {}
-    for res in params.encode.resolutions:
-        images = torch.stack([to_tensor(center_crop_resize(b["image"], res)) for b in batch])
-        latents[res] = encode_images(enc, images, generator)
+def _flush(enc: Encoders, params: Params, plan: dict[int, int], batch: list[dict[str, Any]],
+           out: LocalShard, generator: torch.Generator) -> None:
+    """Encode a batch: each image at the resolutions whose native-size floor it meets."""
+    latents: dict[int, dict[int, Any]] = {}
+    for res, min_side in plan.items():
+        chosen = [i for i, b in enumerate(batch) if b["short_side"] >= min_side]
+        if chosen:
+            images = torch.stack([to_tensor(center_crop_resize(batch[i]["image"], res))
+                                  for i in chosen])
+            latents[res] = dict(zip(chosen, encode_images(enc, images, generator)))
     text = encode_captions(enc, [b["caption"] for b in batch], params.encode.text_length)
     for i, b in enumerate(batch):
-        sample = {f"lat{res}.npy": npy_bytes(latents[res][i]) for res in latents}
-        sample.update({"txtemb.npy": npy_bytes(text[i]), "txt": b["caption"], "json": b["meta"]})
+        sample = {f"lat{res}.npy": npy_bytes(by_index[i])
+                  for res, by_index in latents.items() if i in by_index}
+        meta = {**b["meta"], "native_short_side": b["short_side"]}
+        sample.update({"txtemb.npy": npy_bytes(text[i]), "txt": b["caption"], "json": meta})
         out.write(b["key"], sample)
     batch.clear()
 
@@ -86,6 +128,7 @@ def encode_shard(enc: Encoders, params: Params, dataset: str, uri: str) -> Shard
     """Encode one raw shard into a latent shard of the same name and commit it."""
     name = uri.rsplit("/", 1)[1].removesuffix(".tar")
     captions, caption_version = caption_sidecar(params, dataset, name)
+    plan = resolution_plan(params, dataset)
     stats = ShardStats()
     # Seeded per shard: a rerun of one shard gives the same posterior samples.
     generator = torch.Generator().manual_seed(params.encode.seed * 1_000_003 + zlib.crc32(name.encode()))
@@ -103,18 +146,23 @@ def encode_shard(enc: Encoders, params: Params, dataset: str, uri: str) -> Shard
                 stats.skipped["bad_image"] += 1
                 continue
             meta = json.loads(sample.get("json", b"{}") or b"{}")
-            batch.append({"key": key, "image": image, "caption": caption, "meta": meta})
+            short_side = native_short_side(meta, image)
+            if short_side < min(plan.values()):
+                stats.skipped["below_min_short_side"] += 1
+                continue
+            batch.append({"key": key, "image": image, "caption": caption, "meta": meta,
+                          "short_side": short_side})
             if len(batch) == params.encode.batch_size:
-                _flush(enc, params, batch, out, generator)
+                _flush(enc, params, plan, batch, out, generator)
             stats.encoded += 1
         if batch:
-            _flush(enc, params, batch, out, generator)
+            _flush(enc, params, plan, batch, out, generator)
         if stats.errors:
             stats.skipped["corrupt_tar"] += len(stats.errors)
         out.close()
         commit_shard(out.path, latent_prefix(params, dataset), name, out.samples,
                      meta={"source": uri, "skipped": dict(stats.skipped), "captions": caption_version,
-                           "resolutions": list(params.encode.resolutions)})
+                           "resolutions": list(plan), "plan": plan_key(plan)})
         out.path.unlink(missing_ok=True)
     return stats
 
@@ -123,10 +171,11 @@ def encode_unit(params: Params, dataset: str, uris: list[str],
                 encoders: Encoders | None = None) -> dict[str, Any]:
     """Encode the raw shards of one unit, skipping those already committed."""
     done = done_records(latent_prefix(params, dataset))
+    plan = resolution_plan(params, dataset)
     todo = []
     for uri in uris:
         name = uri.rsplit("/", 1)[1].removesuffix(".tar")
-        if name not in done or not is_current(done[name], caption_sidecar(params, dataset, name)[1]):
+        if not is_current(done.get(name), caption_sidecar(params, dataset, name)[1], plan):
             todo.append(uri)
     enc = encoders or (load(params.encode) if todo else None)
     encoded, skipped = 0, Counter()
@@ -146,15 +195,24 @@ def finish(params: Params, dataset: str, units: list[dict[str, Any]]) -> dict[st
         skipped.update(unit["skipped"])
     manifest = write_manifest(dataset, latent_prefix(params, dataset),
                               stats={"skipped": dict(skipped),
-                                     "resolutions": list(params.encode.resolutions)})
+                                     "resolutions": list(resolution_plan(params, dataset)),
+                                     "plan": plan_key(resolution_plan(params, dataset))})
     return {"dataset": dataset, "manifest": s3.join(manifest.prefix, "manifest.json"),
             "samples": manifest.samples, "shards": len(manifest.shards),
             "samples_encoded_this_run": sum(u["samples_encoded"] for u in units),
             "skipped": dict(skipped)}
 
 
+def not_read(params: Params, dataset: str) -> dict[str, Any]:
+    """The summary of a dataset that no training stage reads: nothing is encoded."""
+    return {"dataset": dataset, "skipped_dataset": "no train stage reads it (train.datasets / "
+            "stage datasets); evaluation reads its raw shards"}
+
+
 def encode_dataset(params: Params, dataset: str) -> dict[str, Any]:
     """The whole dataset in one process (CLI / DVC): every unit in turn, then the manifest."""
+    if not resolution_plan(params, dataset):
+        return not_read(params, dataset)
     units = plan(params, dataset)
     enc = load(params.encode) if units else None
     return finish(params, dataset, [encode_unit(params, dataset, u, enc) for u in units])

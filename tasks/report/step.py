@@ -2,7 +2,7 @@
 
 In the flow, `report_pipeline` receives the step envelopes and the parent MLflow run opened at
 the start of the pipeline. From the CLI / DVC, `run` reads the step envelopes that the earlier
-stages wrote to out/ and opens its own parent run.
+stages wrote to `storage.out_dir` (out/ by default) and opens its own parent run.
 """
 
 from __future__ import annotations
@@ -15,15 +15,12 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from infra.settings import REPO_ROOT, mlflow_uri
+from infra.settings import mlflow_uri
 from tasks.params import Params
 from tasks.report.ledger import STEPS, ledger, rows_as_dicts, totals
 from tasks.report.summary import final_metrics, report_markdown
 from tasks.report.tracking import (GRID_PATH, artifact_url, finish_pipeline_run, log_step_run,
                                    run_url, start_pipeline_run)
-
-OUT = REPO_ROOT / "out"
-
 
 def eval_grid(envelopes: list[dict[str, Any]]) -> bytes | None:
     """The evaluation's sample grid, fetched from its MLflow run (None if there is none)."""
@@ -61,19 +58,21 @@ def report_pipeline(params: Params, envelopes: list[dict[str, Any]], parent_run_
     return result
 
 
-def read_envelopes(folder: Path = OUT) -> list[dict[str, Any]]:
-    """The step envelopes written by `python -m tasks <step> --out out/<step>.json`."""
+def read_envelopes(params: Params) -> list[dict[str, Any]]:
+    """The step envelopes written by `python -m tasks <step> --out <out_dir>/<step>.json`."""
     envelopes = []
     for step in STEPS:
-        path = folder / f"{step}.json"
+        path = params.storage.out_path(f"{step}.json")
         if path.exists():
             envelopes.append(json.loads(path.read_text()))
     return envelopes
 
 
 def run(params: Params) -> dict[str, Any]:
-    envelopes = read_envelopes()
+    envelopes = read_envelopes(params)
     parent = start_pipeline_run(params, f"dvc-{params.profile}", tags={"driver": "dvc"})
     result = report(params, envelopes, parent)
-    (OUT / "report.md").write_text(result["markdown"])
+    markdown = params.storage.out_path("report.md")
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(result["markdown"])
     return {k: v for k, v in result.items() if k != "markdown"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,6 +24,9 @@ class StageParams:
     p_std: float = 1.2
     loads: Literal["none", "full", "weights"] = "none"  # from the previous stage
     datasets: tuple[str, ...] = ()  # latent datasets; empty: TrainParams.datasets
+    min_short_side: int = 0  # px: only images whose native short side is at least this
+    micro_batch: int | None = None  # images per forward on one rank; null: train.micro_batch
+    activation_checkpointing: bool = False  # recompute DiT blocks in backward (less memory)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -31,6 +35,8 @@ class StageParams:
             raise ValueError(f"stage {self.name}: steps, lr, grad_clip and resolution must be > 0")
         if not 0.0 < self.final_lr_ratio <= 1.0 or self.warmup_steps < 0:
             raise ValueError(f"stage {self.name}: need 0 < final_lr_ratio <= 1, warmup_steps >= 0")
+        if self.min_short_side < 0 or (self.micro_batch is not None and self.micro_batch <= 0):
+            raise ValueError(f"stage {self.name}: min_short_side must be >= 0 and micro_batch > 0")
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,9 @@ class TrainParams:
     log_every: int = 100  # steps
     sample_prompts: tuple[str, ...] = ("a photo of a cat", "a red car on a street")
     sample_steps: int = 30  # Heun steps for the logged sample grid
-    seed: int = 0
+    seed: int = 0  # run seed; each stage draws its data and noise from (seed, stage name)
+    gpu_memory_gib: float | None = None  # per GPU; the preflight refuses stages above it
+    keep_checkpoints: int = 2  # newest checkpoints kept per stage, besides each stage's final one
     stages: tuple[StageParams, ...] = ()
 
     def __post_init__(self) -> None:
@@ -68,13 +76,36 @@ class TrainParams:
         if self.stages and self.stages[0].loads != "none":
             raise ValueError(f"the first stage {names[0]} cannot load a previous stage")
         world = self.gpus_per_node * self.nodes
-        if self.global_batch % (self.micro_batch * world):
-            raise ValueError(f"train.global_batch {self.global_batch} must be a multiple of "
-                             f"micro_batch x GPUs = {self.micro_batch * world}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         for stage in self.stages:
+            micro = self.micro_batch_of(stage)
+            if self.global_batch % (micro * world):
+                raise ValueError(f"train.global_batch {self.global_batch} must be a multiple of "
+                                 f"micro_batch x GPUs = {micro} x {world} (stage {stage.name})")
             if stage.resolution % (self.latent_downscale * 2):
                 raise ValueError(f"stage {stage.name}: resolution {stage.resolution} must be a "
                                  f"multiple of {self.latent_downscale * 2} (downscale x patch)")
+
+    @property
+    def world(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+    def micro_batch_of(self, stage: StageParams) -> int:
+        return stage.micro_batch or self.micro_batch
+
+    def accumulation(self, stage: StageParams) -> int:
+        """Micro-batches per optimizer step on each rank: the global batch stays the same."""
+        return self.global_batch // (self.micro_batch_of(stage) * self.world)
+
+    def stage_datasets(self, stage: StageParams) -> tuple[str, ...]:
+        return stage.datasets or self.datasets
+
+    def stage_seed(self, stage: StageParams) -> int:
+        """The seed of one stage's data order and noise: the run seed and the stage name, so
+        stage 2 does not replay stage 1's samples and a resumed stage keeps its own order."""
+        digest = hashlib.sha256(f"{self.seed}:{stage.name}".encode()).digest()
+        return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
     def stage(self, name: str) -> StageParams:
         for stage in self.stages:

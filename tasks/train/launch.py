@@ -14,12 +14,18 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from model.io import from_pretrained
-from tasks.params import load_params
+from tasks.params import Params, load_params
 from tasks.train.checkpoint import download
-from tasks.train.loop import train
+from tasks.train.loop import Dist, pick_device, train
+
+
+def grid_device(params: Params) -> torch.device:
+    """Where rank 0 trained: the sample grid runs there, not on the CPU."""
+    return pick_device(params.train, Dist(local_rank=int(os.environ.get("LOCAL_RANK", "0"))))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
             with tempfile.TemporaryDirectory() as tmp:
                 root = download(summary["checkpoint"], Path(tmp))
-                grid = sample_grid(params, from_pretrained(root / "ema"))
+                # On this rank's training device: the encoders and the EMA model together.
+                device = grid_device(params)
+                grid = sample_grid(params, from_pretrained(root / "ema").to(device))
             run.finish(params, summary, grid)
             summary["mlflow_run_id"] = run.run_id
         if args.summary:

@@ -71,7 +71,7 @@ def pick_device(train: TrainParams, d: Dist) -> torch.device:
 
 
 def open_loader(params: Params, stage: StageParams, micro_batch: int, d: Dist) -> LatentLoader:
-    names = stage.datasets or params.train.datasets
+    names = params.train.stage_datasets(stage)
     manifests = {}
     for name in names:
         manifest = read_manifest(params.storage.uri(params.storage.latents_prefix, name))
@@ -81,7 +81,8 @@ def open_loader(params: Params, stage: StageParams, micro_batch: int, d: Dist) -
         raise FileNotFoundError(f"no latent manifests with samples for {list(names)}: "
                                 "run the encode step first")
     return LatentLoader(manifests, LoaderConfig(
-        batch_size=micro_batch, resolution=stage.resolution, seed=params.train.seed,
+        batch_size=micro_batch, resolution=stage.resolution,
+        seed=params.train.stage_seed(stage), min_short_side=stage.min_short_side,
         weights=params.train.dataset_weights, rank=d.rank, world_size=d.world))
 
 
@@ -137,14 +138,15 @@ def train(params: Params, stage_name: str, log: Logger | None = None) -> dict[st
     device = pick_device(tp, d := init_distributed("cuda" if torch.cuda.is_available() else "cpu"))
     autocast = torch.bfloat16 if device.type == "cuda" and tp.precision == "bf16" else None
     net = build_model(model_config(tp, stage)).to(device)
+    net.activation_checkpointing = stage.activation_checkpointing
     ema = EMA(net, tp.ema_half_life_images)
-    micro = tp.micro_batch
+    micro = tp.micro_batch_of(stage)
     accum = tp.global_batch // (micro * d.world)
     loader = open_loader(params, stage, micro, d)
     runs = params.storage.uri(params.storage.runs_prefix)
     prefix = checkpoint.stage_prefix(runs, tp.run_name, stage.name)
     state = State()
-    saved, resumed_from = _restore(params, stage, prefix, net, ema, loader, state)
+    saved, resumed_from, source = _restore(params, stage, prefix, net, ema, loader, state)
     model = parallel.wrap(net, d.world, tp.backend, device)
     # Built after wrapping: FSDP replaces the parameters with sharded ones.
     optimizer = torch.optim.AdamW(param_groups(net, stage.lr, tp.weight_decay, tp.moe_lr_scale),
@@ -163,7 +165,8 @@ def train(params: Params, stage_name: str, log: Logger | None = None) -> dict[st
         precond.net = torch.compile(model)
     # Captions are dropped by the loader (p = 0.1), not again by the loss.
     loss_fn = EDMLoss(p_mean=stage.p_mean, p_std=stage.p_std, caption_drop_prob=0.0)
-    generator = torch.Generator(device).manual_seed(tp.seed * 7919 + d.rank + state.step)
+    generator = torch.Generator(device).manual_seed(
+        tp.stage_seed(stage) * 7919 + d.rank + state.step)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(stage, s),
                                                   last_epoch=state.step - 1) \
         if state.step else torch.optim.lr_scheduler.LambdaLR(optimizer,
@@ -172,8 +175,9 @@ def train(params: Params, stage_name: str, log: Logger | None = None) -> dict[st
     started = time.monotonic()
     pointer = None
     if d.main:
-        print(f"stage {stage.name}: {stage.steps} steps x {tp.global_batch} images, "
-              f"{d.world} rank(s), resumed from step {state.step}", flush=True)
+        print(f"stage {stage.name}: {stage.steps} steps x {tp.global_batch} images "
+              f"({accum} x {micro} per rank), {d.world} rank(s), resumed from step {state.step}",
+              flush=True)
     while state.step < stage.steps:
         t0 = time.monotonic()
         batches = [loader.next_batch() for _ in range(accum)]
@@ -191,7 +195,8 @@ def train(params: Params, stage_name: str, log: Logger | None = None) -> dict[st
             if log:
                 log(metrics, state.step)
         if state.images >= next_ckpt or state.step == stage.steps:
-            pointer = _checkpoint(prefix, net, ema, optimizer, scheduler, loader, state, d)
+            pointer = _checkpoint(prefix, net, ema, optimizer, scheduler, loader, state, d,
+                                  source, tp.keep_checkpoints)
             next_ckpt += tp.checkpoint_every_images
     seconds = time.monotonic() - started
     return {"stage": stage.name, "steps": state.step, "images": state.images,
@@ -201,7 +206,7 @@ def train(params: Params, stage_name: str, log: Logger | None = None) -> dict[st
             "corrupt_shards": sorted(loader.corrupt), "losses": state.losses}
 
 
-def _checkpoint(prefix, net, ema, optimizer, scheduler, loader, state, d):
+def _checkpoint(prefix, net, ema, optimizer, scheduler, loader, state, d, source, keep):
     # Collectives under FSDP: every rank gathers, rank 0 writes.
     weights = parallel.model_weights(net)
     optimizer_state = parallel.optimizer_state(net, optimizer)
@@ -217,20 +222,24 @@ def _checkpoint(prefix, net, ema, optimizer, scheduler, loader, state, d):
             "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
             "step": state.step, "images": state.images, "losses": state.losses,
             "loader": positions, "ema_images": ema.images_seen,
-            "torch_rng": torch.get_rng_state()}, state.step, state.images, weights)
+            "torch_rng": torch.get_rng_state()}, state.step, state.images, weights, source)
+        checkpoint.prune(prefix, keep, protected=checkpoint.sources_of_run(prefix))
     if d.world > 1:
         dist.barrier()
     return pointer
 
 
-def _restore(params, stage, prefix, net, ema, loader, state) -> tuple[dict | None, int | None]:
+def _restore(params, stage, prefix, net, ema, loader, state
+             ) -> tuple[dict | None, int | None, str | None]:
     """Resume this stage from its latest checkpoint, or start from the previous stage.
 
     Loads weights (before any sharding) and the position; returns the optimizer state to load
-    once the optimizer exists (None: fresh moments) and the step resumed from."""
+    once the optimizer exists (None: fresh moments), the step resumed from, and the previous
+    stage's checkpoint this stage started from (kept by pruning while this stage names it)."""
     tp = params.train
     pointer = checkpoint.latest(prefix)
     source, full = (pointer.uri, True) if pointer else (None, False)
+    started_from = pointer.source if pointer else None
     if pointer is None and stage.loads != "none":
         prev = tp.previous(stage.name)
         prev_ptr = checkpoint.latest(checkpoint.stage_prefix(
@@ -238,9 +247,9 @@ def _restore(params, stage, prefix, net, ema, loader, state) -> tuple[dict | Non
         if prev_ptr is None:
             raise FileNotFoundError(f"stage {stage.name} loads {prev.name}, which has no "
                                     "checkpoint yet: train it first")
-        source = prev_ptr.uri
+        source = started_from = prev_ptr.uri
     if source is None:
-        return None, None
+        return None, None, None
     optimizer_state = None
     with tempfile.TemporaryDirectory() as tmp:
         root = checkpoint.download(source, Path(tmp))
@@ -256,4 +265,4 @@ def _restore(params, stage, prefix, net, ema, loader, state) -> tuple[dict | Non
                 rank = int(os.environ.get("RANK", "0"))
                 loader.load_state_dict(saved["loader"][rank])
                 torch.set_rng_state(saved["torch_rng"])
-    return optimizer_state, state.step if full else 0
+    return optimizer_state, state.step if full else 0, started_from

@@ -17,17 +17,16 @@ from typing import Any
 from prefect import task
 
 from infra.settings import REPO_ROOT
-from tasks.params import Params
+from tasks.params import Params, dump_params
 from tasks.train import checkpoint
 
 
 def launch_command(params: Params, stage: str, summary: Path, parent_run_id: str | None,
-                   params_path: str | None) -> list[str]:
+                   params_path: Path) -> list[str]:
+    """The child's command line; `params_path` holds the resolved params (see dump_params)."""
     tp = params.train
     args = ["-m", "tasks.train.launch", "--stage", stage, "--profile", params.profile,
-            "--summary", str(summary)]
-    if params_path:
-        args += ["--params", params_path]
+            "--summary", str(summary), "--params", str(params_path)]
     if parent_run_id:
         args += ["--parent-run-id", parent_run_id]
     if tp.gpus_per_node * tp.nodes == 1:
@@ -39,12 +38,15 @@ def launch_command(params: Params, stage: str, summary: Path, parent_run_id: str
             f"--master_port={os.environ.get('MB_MASTER_PORT', '29511')}", *args]
 
 
-def run_stage(params: Params, stage: str, parent_run_id: str | None = None,
-              params_path: str | None = None) -> dict[str, Any]:
-    """Train one stage in a child process; returns its summary (losses left out)."""
+def run_stage(params: Params, stage: str, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Train one stage in a child process; returns its summary (losses left out).
+
+    The child gets the params this process resolved, written to a file, never a path of its
+    own choosing: a stage must train what the caller configured."""
     with tempfile.TemporaryDirectory() as tmp:
         summary = Path(tmp) / "summary.json"
-        cmd = launch_command(params, stage, summary, parent_run_id, params_path)
+        resolved = dump_params(params, Path(tmp) / "params.yaml")
+        cmd = launch_command(params, stage, summary, parent_run_id, resolved)
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
         done = subprocess.run(cmd, cwd=REPO_ROOT, env=env)
         if done.returncode != 0:
@@ -57,12 +59,12 @@ def run_stage(params: Params, stage: str, parent_run_id: str | None = None,
 
 @task(retries=1, retry_delay_seconds=10, task_run_name="train-{stage}", tags=["gpu"])
 def train_stage(params: Params, stage: str, parent_run_id: str | None = None) -> dict[str, Any]:
-    return run_stage(params, stage, parent_run_id, os.environ.get("MB_PARAMS"))
+    return run_stage(params, stage, parent_run_id)
 
 
 def final_checkpoint(params: Params) -> str:
-    """The latest checkpoint of the last configured stage (what evaluation scores)."""
-    last = params.train.stages[-1].name
+    """The latest checkpoint of the stage evaluation scores (evaluate.stage, else the last)."""
+    last = params.evaluate.stage or params.train.stages[-1].name
     prefix = checkpoint.stage_prefix(params.storage.uri(params.storage.runs_prefix),
                                      params.train.run_name, last)
     pointer = checkpoint.latest(prefix)
@@ -78,5 +80,4 @@ def summarize(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(params: Params) -> dict[str, Any]:
-    return summarize({s.name: run_stage(params, s.name, None, os.environ.get("MB_PARAMS"))
-                      for s in params.train.stages})
+    return summarize({s.name: run_stage(params, s.name) for s in params.train.stages})

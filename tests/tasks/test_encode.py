@@ -42,7 +42,10 @@ def _params(s3_prefix, tiny_models, **encode):
                                   latents_prefix=f"{key}/latents")
     enc = dataclasses.replace(params.encode, vae=tiny_models[0], text_encoder=tiny_models[1],
                               resolutions=(32,), batch_size=4, **encode)
-    return dataclasses.replace(params, storage=storage, encode=enc)
+    # Encode writes the resolutions that training stages read: the stages train at 32 px.
+    train = dataclasses.replace(params.train, stages=tuple(
+        dataclasses.replace(s, resolution=32) for s in params.train.stages))
+    return dataclasses.replace(params, storage=storage, encode=enc, train=train)
 
 
 def _raw_dataset(params, name: str, shards: int, per_shard: int, empty_every: int = 0) -> None:

@@ -23,7 +23,9 @@ from tasks.encode.preprocess import npy_bytes
 from tasks.params import load_params
 from tasks.train import checkpoint
 from tasks.train.config import StageParams
-from tasks.train.loop import NonFiniteLoss, train
+from tasks.train.loop import NonFiniteLoss, model_config, train
+from model.microdit import build_model
+from infra import s3
 from tasks.train.schedule import lr_factor
 
 
@@ -102,14 +104,36 @@ def test_killed_stage_resumes_from_its_checkpoint_then_stage2_loads_it(s3_prefix
     # The loss curve continues: the losses before the kill are kept, none repeated or lost.
     assert len(summary["losses"]) == 24
     assert all(np.isfinite(summary["losses"]))
-    # The killed run's checkpoint is still complete in S3 (nothing already written is lost).
-    from infra import s3
-
-    assert s3.exists(s3.join(killed_at.uri, "ema", "model.safetensors"))
+    # Retention: the newest keep_checkpoints (2) checkpoints, the final one among them.
+    final = checkpoint.latest(prefix)
+    assert final.step == 24
+    assert checkpoint.saved(prefix) == [s3.join(prefix, "step-000000000184"), final.uri]
 
     stage2 = train(params, "stage2")
     assert stage2["resumed_from_step"] == 0 and stage2["steps"] == 3
     assert stage2["checkpoint"].endswith("step-000000000024")
+    # Stage 2 started from stage 1's final weights: 3 Adam steps at lr 8e-5 move no weight
+    # by more than ~3 lr, while a fresh initialisation differs by orders of magnitude more.
+    stage2_prefix = _stage_prefix(params, "stage2")
+    assert checkpoint.latest(stage2_prefix).source == final.uri
+    first, second = _weights(final.uri, tmp_path / "a"), _weights(stage2["checkpoint"],
+                                                                   tmp_path / "b")
+    fresh = build_model(model_config(params.train, params.train.stages[1])).state_dict()
+    assert first.keys() == second.keys()
+    moved = max(float((first[k] - second[k]).abs().max()) for k in first)
+    from_fresh = max(float((first[k] - fresh[k]).abs().max()) for k in first)
+    assert moved < 1e-3 < from_fresh
+    # Stage 1's final checkpoint is what stage 2 names: pruning stage 1 never removes it.
+    assert checkpoint.prune(prefix, 1, checkpoint.sources_of_run(prefix)) == \
+        [s3.join(prefix, "step-000000000184")]
+    assert checkpoint.saved(prefix) == [final.uri]
+
+
+def _weights(uri, dest):
+    from safetensors.torch import load_file
+
+    root = checkpoint.download(uri, dest)
+    return load_file(root / "model" / "model.safetensors")
 
 
 def test_nan_guard_stops_with_a_clear_error(s3_prefix):
