@@ -1,0 +1,20 @@
+"""The measuring scripts behind docs/benchmarks.md run end to end on small sizes."""
+
+from __future__ import annotations
+
+from benchmarks.s3_get import main as s3_get
+from benchmarks.ustar_scan import main as ustar_scan
+from infra import s3
+from tasks.params import load_params
+
+
+def test_ustar_scan_times_both_readers_on_the_same_samples() -> None:
+    result = ustar_scan(["--samples", "20", "--repeats", "1"])
+    assert result["ustar_samples_s"] > 0 and result["tarfile_samples_s"] > 0
+
+
+def test_s3_get_reads_back_and_cleans_up(s3_service) -> None:
+    result = s3_get(["--objects", "2", "--size-mb", "1", "--repeats", "2"])
+    assert 0 < result["min_mb_s"] <= result["median_mb_s"] <= result["max_mb_s"]
+    bench = load_params(profile="demo").storage.uri("bench")
+    assert not [uri for uri in s3.list_uris(bench + "/") if uri.endswith(".bin")]
