@@ -13,7 +13,8 @@ from PIL import Image
 from infra.config import ConfigError, build
 from tasks.evaluate.config import EvaluateParams
 from tasks.evaluate.grid import sample_grid
-from tasks.evaluate.inception import NUM_FEATURES, inception_id, load_inception, resize_bicubic
+from tasks.evaluate.inception import (FID_HELPER, NUM_FEATURES, inception_id, inception_path,
+                                      load_inception, resize_bicubic)
 from tasks.evaluate.metrics import (RealStats, add_images, fid_value, new_fid, png_to_tensor,
                                     real_stats, set_real_stats, tensor_to_png)
 from tasks.evaluate.real_stats import image_tensor, resize_center_crop
@@ -61,6 +62,27 @@ def test_features_are_2048_d_pool_outputs(inception, images):
     assert features.std() > 0
     with pytest.raises(TypeError, match="uint8"):
         inception(images[:1])
+
+
+def test_inception_file_has_the_documented_layer_shapes():
+    """docs/evaluation.md: 94 convolutions, each with a beta-only batch norm; 21,751,136
+    convolution weights and 17,216 batch-norm channels (torchvision's trunk count when two
+    affine parameters are counted per channel); the FID graph's pooling quirks."""
+    net = torch.jit.load(str(inception_path(FID_HELPER)), map_location="cpu")
+    convs = [m for m in net.modules() if m.original_name == "Conv2dLayer"]
+    params = dict(net.named_parameters())
+    weights = sum(p.numel() for n, p in params.items() if n.endswith(".weight"))
+    channels = sum(p.numel() for n, p in params.items() if n.endswith(".beta"))
+    assert len(convs) == 94 and {n.rsplit(".", 1)[1] for n in params} == {
+        "weight", "beta", "mean", "var"}
+    assert (weights, channels) == (21_751_136, 17_216)
+    assert weights + 2 * channels == 27_161_264 - 3_326_696 - 2_049_000
+    # The FID graph's quirks: mixed-block average pools exclude padding; mixed_10 max-pools.
+    modules = dict(net.named_modules())
+    mixed_pools = [m for n, m in modules.items()
+                   if m.original_name == "AvgPool2d" and ".mixed" in n]
+    assert len(mixed_pools) == 8 and not any(m.count_include_pad for m in mixed_pools)
+    assert modules["net.layers.mixed_10.tower_2_pool"].original_name == "MaxPool2d"
 
 
 def test_inception_identity_names_the_weights_file():
