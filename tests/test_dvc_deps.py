@@ -7,7 +7,8 @@ name), relative imports, imports inside functions, the packages' __init__.py fil
 runs on the way, and modules started as subprocesses (`-m tasks.train.launch`, a string constant
 naming a project module). A stage whose `deps` miss one of those files would stay "up to date"
 in `dvc repro` after that file changed, so the test fails and names the file and who imports it.
-A folder in `deps` covers every file below it.
+A folder in `deps` covers every file below it. The one exception is the body of a function that
+no stage runs (NOT_RUN_BY_STAGES: the `check` command's preflight), and a test pins that.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import ast
 import re
 import shlex
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import yaml
@@ -24,6 +25,11 @@ import yaml
 from infra.settings import REPO_ROOT
 
 PROJECT_ROOTS = ("flows", "tasks", "model", "infra")
+# (module, function) whose body no stage command executes, so its imports are not followed. Only
+# the body is exempt: the same import at module level, or in another function, still counts.
+NOT_RUN_BY_STAGES = {
+    ("tasks.cli", "check"): "the preflight, run by `python -m tasks check`; no stage runs it",
+}
 MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -45,12 +51,23 @@ def with_packages(module: str, root: Path = REPO_ROOT) -> list[str]:
     return [name for name in names if module_file(name, root) is not None]
 
 
+def nodes(tree: ast.AST, module: str) -> Iterator[ast.AST]:
+    """Every node of a module, except the bodies of the functions NOT_RUN_BY_STAGES names."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if not (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and (module, node.name) in NOT_RUN_BY_STAGES):
+            todo.extend(ast.iter_child_nodes(node))
+
+
 def imported_modules(path: Path, module: str, root: Path = REPO_ROOT) -> set[str]:
     """Project modules that the file of `module` imports anywhere in its body."""
     is_package = path.name == "__init__.py"
     package = module if is_package else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in nodes(ast.parse(path.read_text(), filename=str(path)), module):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 found.update(with_packages(alias.name, root))
@@ -156,6 +173,23 @@ def test_every_dep_path_exists() -> None:
                 f"dvc.yaml stage {name!r}: dep {dep} does not exist")
 
 
+def test_exempt_functions_exist_and_run_only_for_their_command() -> None:
+    """The cli.check exemption holds only while main() calls check() for `check` alone."""
+    for module, function in NOT_RUN_BY_STAGES:
+        tree = ast.parse(module_file(module).read_text())
+        assert any(isinstance(n, ast.FunctionDef) and n.name == function for n in tree.body), (
+            f"{module}.{function} is gone: remove it from NOT_RUN_BY_STAGES")
+    main = next(n for n in ast.parse(module_file("tasks.cli").read_text()).body
+                if isinstance(n, ast.FunctionDef) and n.name == "main")
+    calls = [n for n in ast.walk(main) if isinstance(n, ast.Call)
+             and isinstance(n.func, ast.Name) and n.func.id == "check"]
+    guarded = [c for n in ast.walk(main) if isinstance(n, ast.If)
+               and ast.unparse(n.test) == "args.step == 'check'"
+               for c in ast.walk(n) if c in calls]
+    assert calls and len(guarded) == len(calls), (
+        "tasks/cli.py main() calls check() outside `if args.step == 'check'`: a stage may run it")
+
+
 def test_the_checker_reports_a_dropped_folder() -> None:
     """Drop tasks/common from the encode stage's deps: the checker names the files under it."""
     encode = stages()["encode"]
@@ -174,7 +208,9 @@ def test_the_import_graph_follows_every_import_form(tmp_path: Path) -> None:
     files = {
         "tasks/__init__.py": "",
         "tasks/__main__.py": "from tasks.cli import main\n",
-        "tasks/cli.py": "def main():\n    from infra import settings\n",
+        "tasks/cli.py": ("def main():\n    from infra import settings\n"
+                         "def check():\n    import tasks.check\n"),  # exempt body
+        "tasks/check.py": "",
         "tasks/demo/__init__.py": "",
         "tasks/demo/step.py": "from . import helper\nimport model.net\n",
         "tasks/demo/helper.py": "from ..common.util import f\nARGS = ['-m', 'tasks.demo.launch']\n",
@@ -193,7 +229,7 @@ def test_the_import_graph_follows_every_import_form(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text)
     closure = {relative(m, tmp_path) for m in
                import_closure(entry_modules("python -m tasks demo --out x"), tmp_path)}
-    assert closure == set(files) - {"tasks/unused.py"}
+    assert closure == set(files) - {"tasks/unused.py", "tasks/check.py"}
     missing = missing_deps("python -m tasks demo", ["tasks", "infra/settings.py"], tmp_path)
     assert set(missing) == {"infra/__init__.py", "model/__init__.py", "model/layers.py",
                             "model/net.py"}
