@@ -87,17 +87,51 @@ def parse_params(data: Any, profile: str | None = None) -> Params:
     return built[selected]
 
 
-def load_params(path: Path | str | None = None, profile: str | None = None) -> Params:
-    """Read and validate params.yaml (default: the repository's, or $MB_PARAMS)."""
-    path = Path(path or os.environ.get("MB_PARAMS") or DEFAULT_PATH)
+def _read_yaml(path: Path) -> Any:
     if not path.exists():
         raise ConfigError(f"{path}: params file not found")
     with open(path) as fh:
         try:
-            data = yaml.safe_load(fh)
+            return yaml.safe_load(fh)
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    return parse_params(data, profile)
+
+
+def merge(base: Any, override: Any, where: str) -> Any:
+    """`override` laid over `base`: mappings key by key, lists of mappings of the same length
+    item by item (a stage table keeps its rows), anything else replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for key, value in override.items():
+            out[key] = merge(base[key], value, f"{where}.{key}") if key in base else value
+        return out
+    if isinstance(base, list) and isinstance(override, list) and len(base) == len(override) \
+            and all(isinstance(v, dict) for v in base + override):
+        return [merge(b, o, f"{where}[{i}]") for i, (b, o) in enumerate(zip(base, override))]
+    return override
+
+
+def resolve_extends(data: Any, path: Path) -> Any:
+    """A params file may extend another: `extends: FILE` (relative to this file), `profile:
+    NAME`, and `overrides:` merged into that profile's block; the result is a normal file."""
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    unknown = sorted(set(data) - {"extends", "profile", "overrides"})
+    if unknown:
+        raise ConfigError(f"{path}: a file with `extends` takes only extends, profile and "
+                          f"overrides; unknown {unknown}")
+    base_path = (path.parent / str(data["extends"])).resolve()
+    base = resolve_extends(_read_yaml(base_path), base_path)
+    name = data.get("profile") or base.get("profile")
+    if name not in base:
+        raise ConfigError(f"{path}: profile {name!r} is not in {base_path}")
+    return {"profile": name, name: merge(base[name], data.get("overrides") or {}, name)}
+
+
+def load_params(path: Path | str | None = None, profile: str | None = None) -> Params:
+    """Read and validate params.yaml (default: the repository's, or $MB_PARAMS)."""
+    path = Path(path or os.environ.get("MB_PARAMS") or DEFAULT_PATH)
+    return parse_params(resolve_extends(_read_yaml(path), path), profile)
 
 
 def resolved_yaml(params: Params) -> str:

@@ -203,7 +203,9 @@ def train(params: Params, stage_name: str, log: Logger | None = None) -> dict[st
             "final_loss": state.losses[-1] if state.losses else None,
             "checkpoint": pointer.uri if pointer else checkpoint.latest(prefix).uri,
             "resumed_from_step": resumed_from, "seconds": seconds, "gpus": d.world,
-            "corrupt_shards": sorted(loader.corrupt), "losses": state.losses}
+            "corrupt_shards": sorted(loader.corrupt), "losses": state.losses,
+            "micro_batch": micro, "accumulation": accum, "seed": tp.stage_seed(stage),
+            "below_min_short_side": loader.filtered}
 
 
 def _checkpoint(prefix, net, ema, optimizer, scheduler, loader, state, d, source, keep):

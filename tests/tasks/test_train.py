@@ -170,3 +170,25 @@ def test_fsdp_stage_on_two_ranks_checkpoints_full_weights_that_resume_anywhere(s
         params.train, backend="ddp", gpus_per_node=1, micro_batch=8))
     stage2 = train(single, "stage2")  # loads stage 1's weights and optimizer moments
     assert stage2["steps"] == 2 and np.isfinite(stage2["final_loss"])
+
+
+def test_cli_params_file_reaches_the_training_process(s3_prefix, mlflow_service, tmp_path):
+    """`python -m tasks train --params F` trains F, not the repository's params.yaml: the
+    distinct run name of F names the checkpoints of every stage."""
+    from tasks.models import build_local_models
+
+    build_local_models(load_params(profile="demo"))  # the encoders of the stage's sample grid
+    params = _params(s3_prefix, steps=(2, 1))
+    params = dataclasses.replace(params, train=dataclasses.replace(
+        params.train, run_name="cli-distinct-run"))
+    _latents(params)
+    path = _write_params(params, tmp_path / "params.yaml")
+    out = tmp_path / "train.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MB_PARAMS": str(REPO_ROOT / "params.yaml")}
+    subprocess.run([sys.executable, "-m", "tasks", "train", "--params", path, "--out", str(out)],
+                   cwd=REPO_ROOT, env=env, check=True, timeout=600)
+    stages = json.loads(out.read_text())["result"]["stages"]
+    for name, steps in (("stage1", 2), ("stage2", 1)):
+        pointer = checkpoint.latest(_stage_prefix(params, name))
+        assert pointer is not None and pointer.step == steps
+        assert "/runs/cli-distinct-run/" in pointer.uri and stages[name]["checkpoint"] == pointer.uri
