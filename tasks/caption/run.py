@@ -22,6 +22,7 @@ from tqdm import tqdm
 from infra import s3
 from tasks.caption.config import CaptionParams
 from tasks.caption.text import clean, garbage_reason
+from tasks.caption.keys import caption_key, sidecar_uri
 from tasks.common.shards import iter_shard, read_manifest
 from tasks.download.fetch import read_bytes
 from tasks.encode.preprocess import decode_image
@@ -30,10 +31,6 @@ from tasks.params import Params
 
 def raw_prefix(params: Params, dataset: str) -> str:
     return params.storage.uri(params.storage.raw_prefix, dataset)
-
-
-def sidecar_uri(params: Params, dataset: str, shard_name: str) -> str:
-    return s3.join(raw_prefix(params, dataset), "captions", f"{shard_name}.json")
 
 
 def shard_name(uri: str) -> str:
@@ -63,6 +60,7 @@ class ShardResult:
 
     def to_json(self, name: str, source: str, params: CaptionParams) -> dict[str, Any]:
         return {"shard": name, "source": source, "generator": describe(params),
+                "caption_key": caption_key(params),
                 "captions": self.captions, "failed": self.failed, "stats": dict(self.counts)}
 
 
@@ -168,12 +166,14 @@ def caption_from_file(pending: Pending, params: CaptionParams, result: ShardResu
 
 
 def caption_shard(params: Params, dataset: str, uri: str, captioner: Any = None) -> dict[str, Any]:
-    """Caption one raw shard into its sidecar; a shard with a sidecar is skipped."""
+    """Caption one raw shard into its sidecar; a shard whose sidecar exists for the current
+    caption params (the key in its path) is skipped, a changed param captions it anew."""
     name = shard_name(uri)
     target = sidecar_uri(params, dataset, name)
     if s3.exists(target):
         stats = s3.get_json(target)["stats"]
-        return {"shard": name, "resumed": True, **stats}
+        return {"shard": name, "resumed": True, "caption_key": caption_key(params.caption),
+                **stats}
     cfg = params.caption
     result = ShardResult()
     pending = collect(uri, cfg, result)
@@ -189,7 +189,8 @@ def caption_shard(params: Params, dataset: str, uri: str, captioner: Any = None)
     result.counts["captioned"] = len(result.captions) - result.counts["had_caption"]
     result.counts.update(f"failed_{r}" for r in result.failed.values())
     s3.put_json(target, result.to_json(name, uri, cfg))
-    return {"shard": name, "resumed": False, **dict(result.counts)}
+    return {"shard": name, "resumed": False, "caption_key": caption_key(cfg),
+            **dict(result.counts)}
 
 
 def plan(params: Params, dataset: str) -> list[str]:
@@ -204,7 +205,9 @@ def summarize(dataset: str, shards: list[dict[str, Any]]) -> dict[str, Any]:
     totals: Counter = Counter()
     for shard in shards:
         totals.update({k: v for k, v in shard.items() if isinstance(v, int) and k != "resumed"})
-    return {"dataset": dataset, "shards": len(shards),
+    # The key of the captions' params: the summary (and so DVC) changes when they do.
+    keys = sorted({str(s["caption_key"]) for s in shards if s.get("caption_key")})
+    return {"dataset": dataset, "shards": len(shards), "caption_key": ",".join(keys),
             "resumed_shards": sum(bool(s.get("resumed")) for s in shards), **dict(totals)}
 
 

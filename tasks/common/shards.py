@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from infra import s3
 
@@ -98,13 +98,31 @@ def commit_shard(local_tar: Path, prefix: str, name: str, samples: int,
     return rec
 
 
-def write_manifest(dataset: str, prefix: str, stats: dict[str, Any] | None = None) -> Manifest:
-    """Rebuild `<prefix>/manifest.json` from the committed shard records."""
+def write_manifest(dataset: str, prefix: str, stats: dict[str, Any] | None = None,
+                   names: Iterable[str] | None = None) -> Manifest:
+    """Rebuild `<prefix>/manifest.json` from the committed shard records.
+
+    `names` keeps only those shards (the ones the current params name; older keyed shards
+    stay in S3, out of the manifest). manifest.json is the dataset's pointer, like a branch;
+    an immutable copy is also written under `manifests/<shards digest>.json`, which is what
+    step summaries (and so DVC) record."""
     records = done_records(prefix)
+    wanted = sorted(records) if names is None else sorted(set(names) & set(records))
     manifest = Manifest(dataset=dataset, prefix=prefix,
-                        shards=tuple(records[k] for k in sorted(records)), stats=stats or {})
+                        shards=tuple(records[k] for k in wanted), stats=stats or {})
     s3.put_json(s3.join(prefix, MANIFEST), manifest.to_json())
+    s3.put_json(versioned_uri(manifest), manifest.to_json())
     return manifest
+
+
+def shards_digest(manifest: Manifest) -> str:
+    """sha256 over the shards' names and contents: changes exactly when the data does."""
+    blob = "\n".join(f"{s.name} {s.sha256}" for s in manifest.shards)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def versioned_uri(manifest: Manifest) -> str:
+    return s3.join(manifest.prefix, "manifests", f"{shards_digest(manifest)[:16]}.json")
 
 
 def read_manifest(prefix_or_uri: str) -> Manifest | None:

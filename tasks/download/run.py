@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from tasks.common.shards import done_records, write_manifest
+from tasks.common.shards import done_records, versioned_uri, write_manifest
 from tasks.download import cc3m, coco, diffusiondb, journeydb, sa1b, textcaps
 from tasks.download.core import Job, add_stats, empty_stats, plan_id
 from tasks.params import Params
@@ -48,7 +48,8 @@ def download(params: Params, dataset: str) -> dict[str, Any]:
     manifest = write_manifest(dataset, prefix, stats)
     return {
         "dataset": dataset,
-        "manifest": f"{prefix}/manifest.json",
+        "manifest": versioned_uri(manifest),  # immutable: DVC sees a data change
+        "shards_sha256": {s.name: s.sha256 for s in manifest.shards},
         "samples": manifest.samples,
         "shards": len(manifest.shards),
         "shards_written": len(job.written),

@@ -18,8 +18,10 @@ from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from infra import s3
+from tasks.caption.keys import captions_apply, sidecar_uri
+from tasks.common.keys import digest, without
 from tasks.common.shards import (LocalShard, ShardRecord, commit_shard, done_records, iter_shard,
-                                 read_manifest, write_manifest)
+                                 read_manifest, versioned_uri, write_manifest)
 from tasks.encode.encoders import Encoders, encode_captions, encode_images, load
 from tasks.encode.preprocess import center_crop_resize, decode_image, npy_bytes, to_tensor
 from tasks.params import Params
@@ -39,7 +41,9 @@ def caption_sidecar(params: Params, dataset: str,
 
     The version goes into the latent shard's record, so a shard encoded before its captions
     existed (or changed) is encoded again instead of being skipped as complete."""
-    uri = s3.join(raw_prefix(params, dataset), "captions", f"{shard_name}.json")
+    if not captions_apply(params, dataset):
+        return {}, None
+    uri = sidecar_uri(params, dataset, shard_name)
     if not s3.exists(uri):
         return {}, None
     data = s3.get_bytes(uri)
@@ -71,10 +75,34 @@ def plan_key(plan: dict[int, int]) -> dict[str, int]:
     return {str(res): side for res, side in plan.items()}
 
 
-def is_current(record: ShardRecord | None, caption_version: str | None,
-               plan: dict[int, int]) -> bool:
-    return (record is not None and record.meta.get("captions") == caption_version
-            and record.meta.get("plan") == plan_key(plan))
+# How latents are computed, not what they hold: batching, work units, placement; and the
+# dataset list and resolutions, which the resolution plan (in the key) already reflects.
+EXECUTION_ONLY = ("batch_size", "shards_per_unit", "device", "datasets", "resolutions")
+
+
+def latent_shard_name(params: Params, dataset: str, raw: ShardRecord,
+                      caption_version: str | None) -> str:
+    """`<raw shard>-<key>`: the key hashes the encoders and their settings, the resolution
+    plan, the raw shard's sha256 and the captions' version. A change in any of them gives a
+    new name, so a latent shard is never overwritten with different content."""
+    key = digest({"encode": without(params.encode, *EXECUTION_ONLY),
+                  "plan": plan_key(resolution_plan(params, dataset)),
+                  "raw": raw.sha256, "captions": caption_version}, length=12)
+    return f"{raw.name}-{key}"
+
+
+def raw_records(params: Params, dataset: str) -> dict[str, ShardRecord]:
+    manifest = read_manifest(raw_prefix(params, dataset))
+    if manifest is None:
+        raise FileNotFoundError(f"no raw manifest for {dataset} at {raw_prefix(params, dataset)}:"
+                                " run the download step first")
+    return {s.uri: s for s in manifest.shards}
+
+
+def expected_names(params: Params, dataset: str) -> list[str]:
+    """The latent shard names the current params and inputs call for, one per raw shard."""
+    return [latent_shard_name(params, dataset, raw, caption_sidecar(params, dataset, raw.name)[1])
+            for raw in raw_records(params, dataset).values()]
 
 
 def native_short_side(meta: dict[str, Any], image: Any) -> int:
@@ -124,10 +152,11 @@ def _flush(enc: Encoders, params: Params, plan: dict[int, int], batch: list[dict
     batch.clear()
 
 
-def encode_shard(enc: Encoders, params: Params, dataset: str, uri: str) -> ShardStats:
-    """Encode one raw shard into a latent shard of the same name and commit it."""
-    name = uri.rsplit("/", 1)[1].removesuffix(".tar")
-    captions, caption_version = caption_sidecar(params, dataset, name)
+def encode_shard(enc: Encoders, params: Params, dataset: str, raw: ShardRecord) -> ShardStats:
+    """Encode one raw shard into its keyed latent shard and commit it."""
+    uri = raw.uri
+    captions, caption_version = caption_sidecar(params, dataset, raw.name)
+    name = latent_shard_name(params, dataset, raw, caption_version)
     plan = resolution_plan(params, dataset)
     stats = ShardStats()
     # Seeded per shard: a rerun of one shard gives the same posterior samples.
@@ -171,16 +200,17 @@ def encode_unit(params: Params, dataset: str, uris: list[str],
                 encoders: Encoders | None = None) -> dict[str, Any]:
     """Encode the raw shards of one unit, skipping those already committed."""
     done = done_records(latent_prefix(params, dataset))
-    plan = resolution_plan(params, dataset)
+    raws = raw_records(params, dataset)
     todo = []
     for uri in uris:
-        name = uri.rsplit("/", 1)[1].removesuffix(".tar")
-        if not is_current(done.get(name), caption_sidecar(params, dataset, name)[1], plan):
-            todo.append(uri)
+        raw = raws[uri]
+        version = caption_sidecar(params, dataset, raw.name)[1]
+        if latent_shard_name(params, dataset, raw, version) not in done:
+            todo.append(raw)
     enc = encoders or (load(params.encode) if todo else None)
     encoded, skipped = 0, Counter()
-    for uri in tqdm(todo, desc=f"encode {dataset}", unit="shard"):
-        stats = encode_shard(enc, params, dataset, uri)
+    for raw in tqdm(todo, desc=f"encode {dataset}", unit="shard"):
+        stats = encode_shard(enc, params, dataset, raw)
         encoded += stats.encoded
         skipped.update(stats.skipped)
     return {"dataset": dataset, "shards": len(uris), "shards_encoded": len(todo),
@@ -196,8 +226,10 @@ def finish(params: Params, dataset: str, units: list[dict[str, Any]]) -> dict[st
     manifest = write_manifest(dataset, latent_prefix(params, dataset),
                               stats={"skipped": dict(skipped),
                                      "resolutions": list(resolution_plan(params, dataset)),
-                                     "plan": plan_key(resolution_plan(params, dataset))})
-    return {"dataset": dataset, "manifest": s3.join(manifest.prefix, "manifest.json"),
+                                     "plan": plan_key(resolution_plan(params, dataset))},
+                              names=expected_names(params, dataset))
+    return {"dataset": dataset, "manifest": versioned_uri(manifest),
+            "shards_sha256": {s.name: s.sha256 for s in manifest.shards},
             "samples": manifest.samples, "shards": len(manifest.shards),
             "samples_encoded_this_run": sum(u["samples_encoded"] for u in units),
             "skipped": dict(skipped)}

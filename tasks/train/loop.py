@@ -25,7 +25,7 @@ from model.optim import param_groups
 from tasks.common.shards import read_manifest
 from tasks.encode.loader import LatentLoader, LoaderConfig
 from tasks.params import Params
-from tasks.train import checkpoint, parallel
+from tasks.train import checkpoint, keys, parallel
 from tasks.train.config import StageParams, TrainParams
 from tasks.train.schedule import lr_factor
 
@@ -143,8 +143,7 @@ def train(params: Params, stage_name: str, log: Logger | None = None) -> dict[st
     micro = tp.micro_batch_of(stage)
     accum = tp.global_batch // (micro * d.world)
     loader = open_loader(params, stage, micro, d)
-    runs = params.storage.uri(params.storage.runs_prefix)
-    prefix = checkpoint.stage_prefix(runs, tp.run_name, stage.name)
+    prefix = keys.stage_prefix(params, stage.name)
     state = State()
     saved, resumed_from, source = _restore(params, stage, prefix, net, ema, loader, state)
     model = parallel.wrap(net, d.world, tp.backend, device)
@@ -244,8 +243,7 @@ def _restore(params, stage, prefix, net, ema, loader, state
     started_from = pointer.source if pointer else None
     if pointer is None and stage.loads != "none":
         prev = tp.previous(stage.name)
-        prev_ptr = checkpoint.latest(checkpoint.stage_prefix(
-            params.storage.uri(params.storage.runs_prefix), tp.run_name, prev.name))
+        prev_ptr = checkpoint.latest(keys.stage_prefix(params, prev.name))
         if prev_ptr is None:
             raise FileNotFoundError(f"stage {stage.name} loads {prev.name}, which has no "
                                     "checkpoint yet: train it first")

@@ -18,7 +18,7 @@ from prefect import task
 
 from infra.settings import REPO_ROOT
 from tasks.params import Params, dump_params
-from tasks.train import checkpoint
+from tasks.train import checkpoint, keys
 
 
 def launch_command(params: Params, stage: str, summary: Path, parent_run_id: str | None,
@@ -65,8 +65,7 @@ def train_stage(params: Params, stage: str, parent_run_id: str | None = None) ->
 def final_checkpoint(params: Params) -> str:
     """The latest checkpoint of the stage evaluation scores (evaluate.stage, else the last)."""
     last = params.evaluate.stage or params.train.stages[-1].name
-    prefix = checkpoint.stage_prefix(params.storage.uri(params.storage.runs_prefix),
-                                     params.train.run_name, last)
+    prefix = keys.stage_prefix(params, last)
     pointer = checkpoint.latest(prefix)
     if pointer is None:
         raise FileNotFoundError(f"no checkpoint under {prefix}: run the train step first")

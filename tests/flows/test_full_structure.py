@@ -14,7 +14,7 @@ from infra import s3
 from infra.settings import REPO_ROOT
 from tasks.common.shards import iter_shard, read_manifest
 from tasks.params import load_params
-from tasks.train import checkpoint
+from tasks.train import checkpoint, keys
 
 PARAMS = REPO_ROOT / "tests" / "params" / "full_structure.yaml"
 
@@ -71,9 +71,8 @@ def test_full_profile_structure_runs_through_the_flow(pipeline_services):
         stage = stages[spec.name]
         assert stage["gpus"] == 2 and stage["steps"] == spec.steps
         assert stage["micro_batch"] == params.train.micro_batch_of(spec)
-        assert "/structure/runs/structure-run/" in stage["checkpoint"]
-        pointer = checkpoint.latest(checkpoint.stage_prefix(
-            params.storage.uri(params.storage.runs_prefix), "structure-run", spec.name))
+        assert f"/structure/runs/structure-run/{spec.name}-" in stage["checkpoint"]
+        pointer = checkpoint.latest(keys.stage_prefix(params, spec.name))
         assert pointer is not None and pointer.uri == stage["checkpoint"]
         seeds.add(stage["seed"])
         if spec.min_short_side:

@@ -1,10 +1,14 @@
-"""End to end on the demo profile through `micro-budget/full`: the workers are killed in the
-middle of the pipeline, restarted, and a rerun completes without duplicates or lost checkpoints."""
+"""End to end on the demo profile through `micro-budget/full`: the workers are killed during
+download, during encode and during training, restarted each time, and the last rerun completes
+with no duplicated shard or sample in any of the six datasets and training resumed (not
+restarted) from the checkpoint that existed at the kill."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 from prefect import get_client
 from prefect.deployments import run_deployment
@@ -13,7 +17,7 @@ from flows.deploy import deploy
 from infra import s3, services
 from tasks.common.shards import iter_shard, read_manifest
 from tasks.params import load_params
-from tasks.train import checkpoint
+from tasks.train import checkpoint, keys
 
 WORKERS = ("worker-cpu", "worker-gpu")
 
@@ -34,55 +38,103 @@ def client_state(flow_run_id):
         return client.read_flow_run(flow_run_id).state
 
 
-def test_demo_pipeline_survives_a_killed_worker(pipeline_services):
-    params = load_params(profile="demo")
-    deploy()
-    runs = params.storage.uri(params.storage.runs_prefix)
-    stage1 = checkpoint.stage_prefix(runs, params.train.run_name, "stage1")
-    # Training must start from nothing so the kill lands in the middle of it.
-    for uri in list(s3.list_uris(s3.join(runs, params.train.run_name))):
-        s3.delete(uri)
-    first = run_deployment("micro-budget/full", timeout=0)
-    deadline = time.monotonic() + 600
-    # Kill as soon as training has written its first checkpoint: the middle of the pipeline.
-    while checkpoint.latest(stage1) is None:
-        assert time.monotonic() < deadline, "the pipeline did not reach a checkpoint in time"
-        time.sleep(0.5)
+DATASETS = ("coco", "cc3m", "sa1b", "textcaps", "journeydb", "diffusiondb")
+
+
+def _wait_for(condition, what: str, timeout_s: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"the pipeline did not reach {what} in time"
+        time.sleep(0.2)
+
+
+def _records(prefix: str) -> list[str]:
+    return list(s3.list_uris(s3.join(prefix, "_done") + "/"))
+
+
+def _stage1_pointer(params):
+    try:
+        return checkpoint.latest(keys.stage_prefix(params, "stage1"))
+    except (KeyError, ValueError):
+        return None
+
+
+def _kill_when(params, condition, what: str) -> None:
+    """Start the pipeline, SIGKILL both workers once `condition` holds, restart them."""
+    run = run_deployment("micro-budget/full", timeout=0)
+    _wait_for(condition, what)
     _kill_workers()
-    killed = client_state(first.id)
-    assert not killed.is_completed(), "the pipeline finished before the kill"
-    before = checkpoint.latest(stage1)
-    assert before is not None
+    assert not client_state(run.id).is_completed(), f"the pipeline finished before {what}"
     _restart_workers()
 
-    second = run_deployment("micro-budget/full", timeout=900)
-    assert second.state is not None and second.state.is_completed(), second.state
 
-    report = s3.get_json(params.storage.uri("pipeline", str(second.id), "train.json"))
-    stages = report["result"]["stages"]
-    assert set(stages) == {"stage1", "stage2"}
+def _tars(prefix: str) -> list[str]:
+    return [u for u in s3.list_uris(prefix + "/") if u.endswith(".tar")
+            and "/manifests/" not in u]
+
+
+def _check_no_duplicates(prefix: str, what: str) -> int:
+    """Read every tar under the prefix itself: each is in the manifest, no sample key twice."""
+    manifest = read_manifest(prefix)
+    assert manifest is not None and manifest.samples > 0, what
+    listed = {s.uri for s in manifest.shards}
+    stray = sorted(set(_tars(prefix)) - listed)
+    assert not stray, f"{what}: shards outside the manifest {stray[:3]}"
+    keys_seen = Counter(k for uri in sorted(listed) for k, _ in iter_shard(uri))
+    dupes = [k for k, n in keys_seen.items() if n > 1]
+    assert not dupes, f"{what}: sample keys in more than one place {dupes[:3]}"
+    assert sum(keys_seen.values()) == manifest.samples, what
+    return manifest.samples
+
+
+def test_demo_pipeline_survives_killed_workers_in_every_phase(pipeline_services):
+    params = load_params(profile="demo")
+    deploy()
+    storage = params.storage
+    # Start from nothing so each kill lands in the middle of real work.
+    for prefix in (storage.raw_prefix, storage.latents_prefix,
+                   f"{storage.runs_prefix}/{params.train.run_name}"):
+        for uri in list(s3.list_uris(storage.uri(prefix) + "/")):
+            s3.delete(uri)
+
+    raw = {d: storage.uri(storage.raw_prefix, d) for d in DATASETS}
+    latents = {d: storage.uri(storage.latents_prefix, d) for d in DATASETS}
+    # 1. During download: the first shard of CC3M is committed, later datasets are not.
+    _kill_when(params, lambda: bool(_records(raw["cc3m"])), "a CC3M shard")
+    assert read_manifest(raw["diffusiondb"]) is None, "download had finished before the kill"
+    # 2. During encode: the first latent shard is committed.
+    _kill_when(params, lambda: any(_records(p) for p in latents.values()), "a latent shard")
+    # 3. During training: stage 1's first checkpoint exists.
+    _kill_when(params, lambda: _stage1_pointer(params) is not None, "a stage-1 checkpoint")
+    before = _stage1_pointer(params)
+    assert before is not None and before.step < params.train.stages[0].steps
+    with tempfile.TemporaryDirectory() as tmp:
+        killed_state = checkpoint.load_state(checkpoint.download(before.uri, Path(tmp)))
+
+    final = run_deployment("micro-budget/full", timeout=900)
+    assert final.state is not None and final.state.is_completed(), final.state
+    folder = storage.uri(storage.pipeline_prefix, str(final.id))
+
+    # Training went on from the checkpoint of the kill: same step, same loss history.
+    stages = s3.get_json(f"{folder}/train.json")["result"]["stages"]
+    assert stages["stage1"]["resumed_from_step"] == before.step > 0
     for name, stage in stages.items():
-        spec = params.train.stage(name)
-        assert stage["steps"] == spec.steps
-    # The checkpoint that existed at the kill was kept and training went on from it.
-    assert s3.exists(s3.join(before.uri, "ema", "model.safetensors"))
-    after = checkpoint.latest(stage1)
-    assert after is not None and after.images >= before.images
-    for kind in (params.storage.raw_prefix, params.storage.latents_prefix):
-        for dataset in ("coco", "cc3m", "sa1b", "textcaps"):
-            manifest = read_manifest(params.storage.uri(kind, dataset))
-            assert manifest is not None and manifest.samples > 0
-            names = Counter(s.name for s in manifest.shards)
-            assert max(names.values()) == 1, f"duplicated shard in {kind}/{dataset}"
-            keys = Counter(k for shard in manifest.shards for k, _ in iter_shard(shard.uri))
-            assert max(keys.values()) == 1, f"duplicated sample key in {kind}/{dataset}"
-            assert sum(keys.values()) == manifest.samples
+        assert stage["steps"] == params.train.stage(name).steps
+    after = _stage1_pointer(params)
+    with tempfile.TemporaryDirectory() as tmp:
+        final_state = checkpoint.load_state(checkpoint.download(after.uri, Path(tmp)))
+    assert final_state["losses"][:before.step] == killed_state["losses"]
+    assert len(final_state["losses"]) == params.train.stages[0].steps
+
+    # No duplicates anywhere, read from the shards themselves.
+    for dataset in DATASETS:
+        _check_no_duplicates(raw[dataset], f"raw/{dataset}")
+    for dataset in ("cc3m", "sa1b", "textcaps", "journeydb", "diffusiondb"):
+        _check_no_duplicates(latents[dataset], f"latents/{dataset}")
     # SA-1B arrives without captions; the caption step's sidecars are what encode used.
-    captions = s3.get_json(params.storage.uri("pipeline", str(second.id), "caption.json"))
-    sa1b = captions["result"]["sa1b"]
+    sa1b = s3.get_json(f"{folder}/caption.json")["result"]["sa1b"]
     assert sa1b["captioned"] > 0
-    latents = read_manifest(params.storage.uri(params.storage.latents_prefix, "sa1b"))
-    assert latents.samples == sa1b["samples"] - sum(
+    assert read_manifest(latents["sa1b"]).samples == sa1b["samples"] - sum(
         v for k, v in sa1b.items() if k.startswith("failed_"))
-    evaluation = s3.get_json(params.storage.uri("pipeline", str(second.id), "evaluate.json"))
-    assert evaluation["result"]["fid"] > 0
+    evaluation = s3.get_json(f"{folder}/evaluate.json")["result"]
+    assert evaluation["fid"] > 0 and "/stage2-" in evaluation["checkpoint"]

@@ -104,7 +104,7 @@ def test_caption_shard_writes_a_sidecar_encode_reads_and_resumes(s3_prefix, tiny
     models = tmp_path / "models"
     encode = dataclasses.replace(params.encode, vae=str(save_tiny_vae(models / "vae")),
                                  text_encoder=str(save_tiny_text_encoder(models / "text")),
-                                 resolutions=(32,), batch_size=4)
+                                 resolutions=(64,), batch_size=4)
     # Encoded before captioning: only the sample that came with a caption is usable.
     encode_dataset(dataclasses.replace(params, encode=encode), "sa1b")
     assert read_manifest(latent_prefix(params, "sa1b")).samples == 1
@@ -128,6 +128,25 @@ def test_caption_shard_writes_a_sidecar_encode_reads_and_resumes(s3_prefix, tiny
     assert latents.samples == len(sidecar["captions"]) == 10, summary
     texts = {key: s["txt"].decode() for key, s in iter_shard(latents.shards[0].uri)}
     assert texts == sidecar["captions"]
+
+    # A caption param that changes the text keys a new sidecar: captioned anew, encoded anew
+    # under a new latent shard name; the earlier sidecar and latent shard stay as they were.
+    shorter = dataclasses.replace(params, caption=dataclasses.replace(params.caption,
+                                                                      max_new_tokens=4))
+    assert sidecar_uri(shorter, "sa1b", "00000") != sidecar_uri(params, "sa1b", "00000")
+    redone = caption_shard(shorter, "sa1b", uri)
+    assert redone["resumed"] is False and redone["captioned"] == 9
+    old_shard, old_bytes = latents.shards[0], s3.get_bytes(latents.shards[0].uri)
+    encoded = encode_dataset(dataclasses.replace(shorter, encode=encode), "sa1b")
+    assert encoded["samples_encoded_this_run"] == 10
+    newer = read_manifest(latent_prefix(params, "sa1b"))
+    assert [s.name for s in newer.shards] != [old_shard.name] and len(newer.shards) == 1
+    assert s3.get_bytes(old_shard.uri) == old_bytes
+    assert encoded["shards_sha256"] == {newer.shards[0].name: newer.shards[0].sha256}
+    # Nothing changed: nothing is redone.
+    assert caption_shard(shorter, "sa1b", uri)["resumed"] is True
+    assert encode_dataset(dataclasses.replace(shorter, encode=encode),
+                          "sa1b")["samples_encoded_this_run"] == 0
 
 
 def test_garbage_is_retried_once_then_counted_never_written(s3_prefix, tiny_llava):

@@ -21,7 +21,7 @@ from infra.settings import REPO_ROOT
 from tasks.common.shards import LocalShard, commit_shard, write_manifest
 from tasks.encode.preprocess import npy_bytes
 from tasks.params import load_params
-from tasks.train import checkpoint
+from tasks.train import checkpoint, keys
 from tasks.train.config import StageParams
 from tasks.train.loop import NonFiniteLoss, model_config, train
 from model.microdit import build_model
@@ -63,8 +63,7 @@ def _write_params(params, path) -> str:
 
 
 def _stage_prefix(params, stage):
-    return checkpoint.stage_prefix(params.storage.uri(params.storage.runs_prefix),
-                                   params.train.run_name, stage)
+    return keys.stage_prefix(params, stage)
 
 
 def test_lr_schedule_warmup_cosine_and_floor():
@@ -191,4 +190,4 @@ def test_cli_params_file_reaches_the_training_process(s3_prefix, mlflow_service,
     for name, steps in (("stage1", 2), ("stage2", 1)):
         pointer = checkpoint.latest(_stage_prefix(params, name))
         assert pointer is not None and pointer.step == steps
-        assert "/runs/cli-distinct-run/" in pointer.uri and stages[name]["checkpoint"] == pointer.uri
+        assert f"/runs/cli-distinct-run/{name}-" in pointer.uri and stages[name]["checkpoint"] == pointer.uri
