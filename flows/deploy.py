@@ -1,4 +1,5 @@
-"""Register the deployments: `micro-budget/full` and the per-pool `micro-budget-step/{cpu,gpu}`.
+"""Register the deployments: `micro-budget/full`, and per pool `micro-budget-step/{cpu,gpu}` and
+`micro-budget-units/{cpu,gpu}` (the chunks of caption/encode units that a step shares out).
 
 Usage: python -m flows.deploy   (the Prefect server and work pools must be up: make services-up)
 At scale, point PREFECT_API_URL at the shared server and run GPU workers with `--pool gpu`.
@@ -16,16 +17,20 @@ os.environ.setdefault("PREFECT_API_URL", prefect_api_url())
 from prefect import flow  # noqa: E402
 
 
-def deploy() -> list[str]:
+def deploy_pool(pool: str) -> list[str]:
+    """The step flow and the units flow on one work pool, both named after it."""
     source = str(REPO_ROOT)
-    ids = [
-        flow.from_source(source, "flows/pipeline.py:pipeline").deploy(
-            name="full", work_pool_name="cpu", print_next_steps=False),
-    ]
+    return [str(flow.from_source(source, entrypoint).deploy(
+                name=pool, work_pool_name=pool, print_next_steps=False))
+            for entrypoint in ("flows/steps.py:run_step", "flows/units.py:run_units")]
+
+
+def deploy() -> list[str]:
+    ids = [str(flow.from_source(str(REPO_ROOT), "flows/pipeline.py:pipeline").deploy(
+        name="full", work_pool_name="cpu", print_next_steps=False))]
     for pool in ("cpu", "gpu"):
-        ids.append(flow.from_source(source, "flows/steps.py:run_step").deploy(
-            name=pool, work_pool_name=pool, print_next_steps=False))
-    return [str(i) for i in ids]
+        ids += deploy_pool(pool)
+    return ids
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from prefect import flow, unmapped
+from prefect import flow
 
 from infra import s3
 from tasks.params import Params, load_params
@@ -29,33 +29,40 @@ def caption(params: Params, parent_run_id: str | None) -> dict[str, Any]:
     if not params.caption.enabled:
         return {"skipped": "caption.enabled is false: SA-1B samples without captions are "
                            "counted and skipped by encode"}
-    from tasks.caption.step import caption_shard, finish_caption, plan_caption
+    from flows.units import placement, share_units, unit_results
+    from tasks.caption.step import finish_caption, plan_caption
 
-    out = {}
+    out: dict[str, Any] = {}
+    gpus = 1
     for dataset in params.caption.datasets:
         if dataset not in params.download.enabled():
             out[dataset] = {"skipped": f"download.{dataset} is disabled"}
             continue
-        futures = caption_shard.map(unmapped(params), unmapped(dataset),
-                                    plan_caption(params, dataset))
-        out[dataset] = finish_caption(params, dataset, [f.result() for f in futures])
-    return out
+        # Shards over the pool's online workers, then over each worker's devices.
+        chunks = share_units("caption", params, dataset, plan_caption(params, dataset))
+        out[dataset] = {**finish_caption(params, dataset, unit_results(chunks)),
+                        "chunks": placement(chunks)}
+        gpus = max(gpus, sum(c["devices"] for c in chunks))
+    return {**out, "gpus": gpus}
 
 
 def encode(params: Params, parent_run_id: str | None) -> dict[str, Any]:
+    from flows.units import placement, share_units, unit_results
     from tasks.encode.run import encoded_datasets, not_read
-    from tasks.encode.step import encode_shards, finish_encode, plan_encode
+    from tasks.encode.step import finish_encode, plan_encode
 
-    out = {}
+    out: dict[str, Any] = {}
+    gpus = 1
     for dataset in params.encode.datasets:
         if dataset not in encoded_datasets(params):
             out[dataset] = not_read(params, dataset)
             continue
-        units = plan_encode(params, dataset)
-        # One task run per unit of shards: at scale each lands on its own GPU worker slot.
-        futures = encode_shards.map(unmapped(params), unmapped(dataset), units)
-        out[dataset] = finish_encode(params, dataset, [f.result() for f in futures])
-    return out
+        # Units over the pool's online workers, then over each worker's devices.
+        chunks = share_units("encode", params, dataset, plan_encode(params, dataset))
+        out[dataset] = {**finish_encode(params, dataset, unit_results(chunks)),
+                        "chunks": placement(chunks)}
+        gpus = max(gpus, sum(c["devices"] for c in chunks))
+    return {**out, "gpus": gpus}
 
 
 def train(params: Params, parent_run_id: str | None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""Caption step entry points: `run` for the CLI and DVC; Prefect tasks for the flow.
+"""Caption step entry points: `run` for the CLI and DVC; the unit protocol of the fan-out.
 
-The flow maps `caption_shard` over a dataset's raw shards on the `gpu` pool (each worker loads
-the model once and keeps it), then `finish_caption` publishes the summary as an artifact.
+A dataset's raw shards run one process per device (tasks/common/fanout.py): device i of a worker
+takes every i-th shard and loads the captioner once, on first use. In the flow, several gpu
+workers share the shards first (flows/units.py); `finish_caption` publishes the summary.
 """
 
 from __future__ import annotations
@@ -13,18 +14,25 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.caption import run as caption_run
+from tasks.common.fanout import run_on_devices
 from tasks.params import Params
+
+
+def load_models(params: Params) -> Any:
+    from tasks.caption.llava import load
+
+    return load(params.caption)
+
+
+def process_unit(models: Any, params: Params, dataset: str, uri: str) -> dict[str, Any]:
+    """Caption one raw shard (resumable: a shard with a sidecar is skipped). `models` is only
+    touched when the shard has samples to caption with LLaVA."""
+    return caption_run.caption_shard(params, dataset, uri, models)
 
 
 @task(retries=1, retry_delay_seconds=10, task_run_name="plan-caption-{dataset}")
 def plan_caption(params: Params, dataset: str) -> list[str]:
     return caption_run.plan(params, dataset)
-
-
-@task(retries=2, retry_delay_seconds=30, tags=["gpu"])
-def caption_shard(params: Params, dataset: str, uri: str) -> dict[str, Any]:
-    """Caption one raw shard (resumable: a shard with a sidecar is skipped)."""
-    return caption_run.caption_shard(params, dataset, uri)
 
 
 @task(task_run_name="finish-caption-{dataset}")
@@ -35,11 +43,18 @@ def finish_caption(params: Params, dataset: str, shards: list[dict[str, Any]]) -
     return summary
 
 
+def caption_on_devices(params: Params, dataset: str) -> dict[str, Any]:
+    """The whole dataset on this machine's devices."""
+    records = run_on_devices(__name__, params, dataset, caption_run.plan(params, dataset))
+    return caption_run.summarize(dataset, [r["result"] for r in records])
+
+
 def run(params: Params) -> dict[str, Any]:
-    """The whole step in this process; skipped with a reason when disabled."""
+    """The whole step in this process and its device children; skipped with a reason when
+    disabled."""
     if not params.caption.enabled:
         return {"skipped": "caption.enabled is false"}
-    summaries = {d: caption_run.caption_dataset(params, d) for d in params.caption.datasets
+    summaries = {d: caption_on_devices(params, d) for d in params.caption.datasets
                  if d in params.download.enabled()}
     for summary in summaries.values():
         print(caption_run.summary_markdown(summary), file=sys.stderr)

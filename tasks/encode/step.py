@@ -1,7 +1,9 @@
-"""Encode step entry points: `run` for the CLI and DVC; Prefect tasks for the flow.
+"""Encode step entry points: `run` for the CLI and DVC; the unit protocol of the fan-out.
 
-The flow plans units per dataset, maps `encode_shards` over them on the gpu pool (each unit a
-task run, so several GPU workers encode in parallel), then `finish_encode` writes the manifest.
+A dataset's units (lists of raw shards, see tasks.encode.run.plan) run one process per device
+(tasks/common/fanout.py): device i of a worker takes every i-th unit and loads the encoders once.
+In the flow, several gpu workers share the units first (flows/units.py); `finish_encode` then
+rebuilds the manifest from the committed shards.
 """
 
 from __future__ import annotations
@@ -10,8 +12,19 @@ from typing import Any
 
 from prefect import task
 
-from tasks.encode.run import encode_dataset, encode_unit, finish, plan
+from tasks.common.fanout import run_on_devices
+from tasks.encode.encoders import Encoders, load
+from tasks.encode.run import encode_unit, finish, not_read, plan, resolution_plan
 from tasks.params import Params
+
+
+def load_models(params: Params) -> Encoders:
+    return load(params.encode)
+
+
+def process_unit(models: Any, params: Params, dataset: str, unit: list[str]) -> dict[str, Any]:
+    """Encode one unit of raw shards (resumable: committed shards are skipped)."""
+    return encode_unit(params, dataset, unit, models)
 
 
 @task(retries=1, retry_delay_seconds=10, task_run_name="plan-encode-{dataset}")
@@ -19,16 +32,18 @@ def plan_encode(params: Params, dataset: str) -> list[list[str]]:
     return plan(params, dataset)
 
 
-@task(retries=2, retry_delay_seconds=30, tags=["gpu"])
-def encode_shards(params: Params, dataset: str, unit: list[str]) -> dict[str, Any]:
-    """Encode one unit of raw shards (resumable: committed shards are skipped)."""
-    return encode_unit(params, dataset, unit)
-
-
 @task(retries=2, retry_delay_seconds=10, task_run_name="finish-encode-{dataset}")
 def finish_encode(params: Params, dataset: str, units: list[dict[str, Any]]) -> dict[str, Any]:
     return finish(params, dataset, units)
 
 
+def encode_on_devices(params: Params, dataset: str) -> dict[str, Any]:
+    """The whole dataset on this machine's devices, then the manifest."""
+    if not resolution_plan(params, dataset):
+        return not_read(params, dataset)
+    records = run_on_devices(__name__, params, dataset, plan(params, dataset))
+    return finish(params, dataset, [r["result"] for r in records])
+
+
 def run(params: Params) -> dict[str, Any]:
-    return {dataset: encode_dataset(params, dataset) for dataset in params.encode.datasets}
+    return {dataset: encode_on_devices(params, dataset) for dataset in params.encode.datasets}

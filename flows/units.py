@@ -1,0 +1,140 @@
+"""`micro-budget-units`: a chunk of a step's units, run by whichever worker of the pool is free.
+
+The caption and encode steps split a dataset's units into one chunk per worker online in their
+pool. The step's own flow run takes chunk 0; every other chunk is a flow run of this flow through
+the `micro-budget-units/<pool>` deployment, and Prefect hands each flow run to exactly one worker
+(a second worker's claim of the same run is rejected), so no unit is done twice. Inside a chunk,
+the units run one process per device (tasks/common/fanout.py). A chunk writes its records to S3,
+where the step reads them back once every chunk has ended.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_client
+from prefect.client.schemas.objects import WorkerStatus
+from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
+
+from infra import s3
+from tasks.params import Params, dump_params, load_params
+
+UNITS_FLOW = "micro-budget-units"
+
+
+def run_chunk(step: str, params: Params, dataset: str, indices: list[int],
+              units: list[Any]) -> dict[str, Any]:
+    """One chunk on this machine's devices, with where it ran."""
+    from tasks.common.fanout import device_count, run_on_devices
+
+    records = run_on_devices(f"tasks.{step}.step", params, dataset, units, indices)
+    return {"worker": os.environ.get("PREFECT__WORKER_NAME"), "host": socket.gethostname(),
+            "pid": os.getpid(), "flow_run": flow_run.get_id(),
+            "devices": min(device_count(), len(units)), "records": records}
+
+
+@flow(name=UNITS_FLOW, flow_run_name="{step}-{dataset}-{chunk}", retries=1,
+      retry_delay_seconds=10)
+def run_units(step: str, dataset: str, chunk: int, indices: list[int], units: list[Any],
+              params_yaml: str, profile: str, result_uri: str) -> str:
+    """Run one chunk of units and write its records to `result_uri`; returns that URI.
+
+    `params_yaml` is the resolved params file of the step (tasks.params.dump_params), so the
+    chunk runs what the step resolved, whatever params.yaml the worker's checkout holds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.yaml"
+        path.write_text(params_yaml)
+        params = load_params(path, profile)
+    s3.put_json(result_uri, run_chunk(step, params, dataset, indices, units))
+    return result_uri
+
+
+def pool_and_workers() -> tuple[str | None, int]:
+    """The work pool this flow run runs on and how many of its workers are online; (None, 1)
+    outside a deployment's flow run (the CLI, a test calling a step function)."""
+    run_id = flow_run.get_id()
+    if not run_id:
+        return None, 1
+    with get_client(sync_client=True) as client:
+        pool = client.read_flow_run(run_id).work_pool_name
+        if pool is None:
+            return None, 1
+        workers = client.read_workers_for_work_pool(pool)
+    return pool, max(1, sum(w.status == WorkerStatus.ONLINE for w in workers))
+
+
+def resolved_params_text(params: Params) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        return dump_params(params, Path(tmp) / "params.yaml").read_text()
+
+
+def wait_for(run_ids: list[Any], poll_s: float = 2.0) -> dict[Any, Any]:
+    """Final states of the given flow runs, polled until all have ended."""
+    states: dict[Any, Any] = {}
+    with get_client(sync_client=True) as client:
+        while len(states) < len(run_ids):
+            for run_id in run_ids:
+                if run_id not in states:
+                    state = client.read_flow_run(run_id).state
+                    if state is not None and state.is_final():
+                        states[run_id] = state
+            if len(states) < len(run_ids):
+                time.sleep(poll_s)
+    return states
+
+
+def share_units(step: str, params: Params, dataset: str, units: list[Any]) -> list[dict[str, Any]]:
+    """Run a dataset's units over the pool's online workers and their devices.
+
+    Returns one chunk summary per worker share ({worker, host, pid, flow_run, devices, records}),
+    chunk 0 first. Chunk c takes units c, c+k, c+2k, ... of k chunks; a failed chunk fails the
+    step after every chunk has ended, naming the chunk's flow run and its error."""
+    pool, workers = pool_and_workers()
+    chunks = min(workers, len(units)) or 1
+    shares = [list(range(c, len(units), chunks)) for c in range(chunks)]
+    folder = params.storage.uri(params.storage.pipeline_prefix, "units", uuid.uuid4().hex)
+    remote = []
+    if chunks > 1:
+        text = resolved_params_text(params)
+        for c, indices in enumerate(shares[1:], start=1):
+            uri = s3.join(folder, f"{step}-{dataset}-{c}.json")
+            run = run_deployment(f"{UNITS_FLOW}/{pool}", timeout=0, parameters={
+                "step": step, "dataset": dataset, "chunk": c, "indices": indices,
+                "units": [units[i] for i in indices], "params_yaml": text,
+                "profile": params.profile, "result_uri": uri})
+            remote.append((c, run.id, uri))
+    errors, out = [], []
+    try:
+        out.append(run_chunk(step, params, dataset, shares[0], [units[i] for i in shares[0]]))
+    except Exception as err:  # the other chunks are still waited for, then all errors raised
+        errors.append(f"chunk 0 (this flow run): {err}")
+    states = wait_for([run_id for _, run_id, _ in remote])
+    for c, run_id, uri in remote:
+        if not states[run_id].is_completed():
+            errors.append(f"chunk {c} (flow run {run_id}) ended {states[run_id].name}: "
+                          f"{states[run_id].message}")
+        else:
+            out.append(s3.get_json(uri))
+    if errors:
+        raise RuntimeError(f"{step} {dataset}: {'; '.join(errors)}; a rerun redoes only "
+                           "uncommitted units")
+    return out
+
+
+def placement(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where each chunk of units ran: worker, host, flow run, devices and unit indices."""
+    return [{"worker": c["worker"], "host": c["host"], "flow_run": c["flow_run"],
+             "devices": c["devices"], "units": [r["index"] for r in c["records"]]}
+            for c in chunks]
+
+
+def unit_results(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r["result"] for r in sorted((r for c in chunks for r in c["records"]),
+                                        key=lambda r: r["index"])]
