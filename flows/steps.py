@@ -1,8 +1,10 @@
 """`micro-budget-step`: one pipeline step as its own flow run, on the work pool that fits it.
 
 The pipeline flow starts this flow through the `micro-budget-step/cpu` or `/gpu` deployment, so
-GPU steps run on GPU workers. Each step fans out its Prefect tasks (per dataset, shard range or
-stage), then writes its envelope (result + wall time) to S3 for the report and returns the URI.
+GPU steps run on GPU workers. Caption and encode split their units over the pool's workers
+(flows/units.py) and each worker over its devices (tasks/common/fanout.py); training runs
+stage by stage under torchrun. Each step then writes its envelope (result + wall time) to S3 for
+the report and returns the URI.
 """
 
 from __future__ import annotations
