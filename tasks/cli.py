@@ -24,6 +24,9 @@ from tasks.report.ledger import envelope
 
 STEPS = ("download", "caption", "encode", "train", "evaluate", "report")
 COMMANDS = ("check", *STEPS)
+# Commands outside the pipeline, each with its own parser: `python -m tasks import|sample ...`.
+# Imported by name like the steps; no stage runs them, so no stage depends on their files.
+TOOLS = {"import": "importer"}
 # Sections whose values each step reads, shown by --dry-run next to storage and cost.
 SECTIONS = {"download": ["download"], "caption": ["caption"], "encode": ["encode"],
             "train": ["train"], "evaluate": ["evaluate"], "report": [],
@@ -59,6 +62,9 @@ def check(params) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        return importlib.import_module(f"tasks.{TOOLS[argv[0]]}.cli").main(argv[1:])
     args = parser().parse_args(argv)
     try:
         params = load_params(args.params, args.profile)

@@ -1,0 +1,1 @@
+"""`python -m tasks import`: released reference MicroDiT checkpoints into our pretrained format."""
