@@ -77,13 +77,11 @@ def train(params: Params, parent_run_id: str | None) -> dict[str, Any]:
 
 
 def evaluate(params: Params, parent_run_id: str | None) -> dict[str, Any]:
-    from tasks.evaluate.step import evaluate_checkpoint
-    from tasks.train.step import final_checkpoint
+    from tasks.evaluate.step import evaluate_checkpoint, evaluate_stages
 
     if not params.evaluate.enabled:
         return {"skipped": "evaluate.enabled is false"}
-    checkpoint = params.evaluate.checkpoint or final_checkpoint(params)
-    return evaluate_checkpoint(params, checkpoint)
+    return evaluate_stages(params, evaluate_checkpoint)
 
 
 STEPS: dict[str, Callable[[Params, str | None], dict[str, Any]]] = {

@@ -89,11 +89,15 @@ def check_evaluation(params: Params) -> list[str]:
         stage = evaluated_stage(params)
     except PreflightError as err:
         return [str(err)]
+    problems = []
     if params.evaluate.resolution != stage.resolution:
-        return [f"evaluate.resolution is {params.evaluate.resolution} px but the scored stage "
-                f"{stage.name} trains at {stage.resolution} px: set evaluate.stage or "
-                "evaluate.resolution"]
-    return []
+        problems.append(f"evaluate.resolution is {params.evaluate.resolution} px but the scored "
+                        f"stage {stage.name} trains at {stage.resolution} px: set evaluate.stage "
+                        "or evaluate.resolution")
+    names = [s.name for s in params.train.stages]
+    problems += [f"evaluate.extra_stages names {name!r}, not a train stage {names}"
+                 for name in params.evaluate.extra_stages if name not in names]
+    return problems
 
 
 def check_encoders(params: Params) -> list[str]:
@@ -185,12 +189,14 @@ def preflight(params: Params) -> dict[str, Any]:
     if problems:
         raise PreflightError(f"preflight of profile {params.profile}: " + "; ".join(problems))
     return {"profile": params.profile, "evaluated_stage": evaluated_stage(params).name,
+            "extra_stages": list(params.evaluate.extra_stages),
             "stages": [p.__dict__ for p in plans]}
 
 
 def render(result: dict[str, Any], limit: float | None) -> str:
+    scored = [*result["extra_stages"], result["evaluated_stage"]]
     lines = [f"preflight of profile {result['profile']}: ok "
-             f"(evaluation scores {result['evaluated_stage']})"]
+             f"(evaluation scores {', '.join(scored)})"]
     for p in result["stages"]:
         lines.append(f"  {p['name']}: {p['resolution']} px, micro-batch {p['micro_batch']} x "
                      f"{p['accumulation']} accumulation, checkpointing "

@@ -20,6 +20,7 @@ class EvaluateParams:
     enabled: bool = True
     checkpoint: str | None = None  # model folder: local path or s3:// prefix; null: pass it in
     stage: str | None = None  # train stage whose final checkpoint is scored; null: the last
+    extra_stages: tuple[str, ...] = ()  # also scored, each at its own training resolution
     dataset: str = "coco"  # raw dataset under s3://BUCKET/raw/<dataset>/ (captions + real images)
     num_samples: int = 30_000  # generated images (and captions drawn) for FID
     num_real: int | None = None  # real images for the reference statistics; null: all of them

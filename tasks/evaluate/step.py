@@ -6,6 +6,7 @@ Prefect markdown artifact and the MLflow hand-off.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from prefect import task
@@ -37,13 +38,40 @@ def evaluate_checkpoint(params: Params, checkpoint_uri: str, run_id: str | None 
     return result
 
 
+def score_plan(params: Params) -> list[tuple[str, Params]]:
+    """(stage, params to score it with): evaluate.extra_stages, each at its own training
+    resolution, then evaluate.stage (default: the last) with evaluate.resolution."""
+    ev = params.evaluate
+    plan = []
+    for name in ev.extra_stages:
+        resolution = params.train.stage(name).resolution
+        plan.append((name, replace(params, evaluate=replace(ev, stage=name,
+                                                            resolution=resolution))))
+    return [*plan, (ev.stage or params.train.stages[-1].name, params)]
+
+
+def combine(results: dict[str, dict[str, Any]], main: str) -> dict[str, Any]:
+    """The main stage's result, with every scored stage's headline numbers under by_stage."""
+    keep = ("checkpoint", "fid", "clip_score", "protocol_hash", "mlflow_run_id")
+    by_stage = {name: {k: r.get(k) for k in keep} | {"resolution": r["protocol"]["resolution"]}
+                for name, r in results.items()}
+    return {**results[main], "stage": main, "by_stage": by_stage}
+
+
+def evaluate_stages(params: Params, score) -> dict[str, Any]:
+    """Score evaluate.checkpoint if given, else the final checkpoint of every planned stage;
+    `score(params, checkpoint_uri)` does one evaluation."""
+    if params.evaluate.checkpoint is not None:
+        return score(params, params.evaluate.checkpoint)
+    from tasks.train.step import final_checkpoint
+
+    plan = score_plan(params)
+    results = {name: score(p, final_checkpoint(p)) for name, p in plan}
+    return combine(results, plan[-1][0])
+
+
 def run(params: Params) -> dict[str, Any]:
-    """The whole step for the CLI/DVC: evaluates evaluate.checkpoint, else the final one."""
+    """The whole step for the CLI/DVC."""
     if not params.evaluate.enabled:
         return {"skipped": "evaluate.enabled is false"}
-    checkpoint = params.evaluate.checkpoint
-    if checkpoint is None:
-        from tasks.train.step import final_checkpoint  # the last training stage's output
-
-        checkpoint = final_checkpoint(params)
-    return evaluate_and_log(params, checkpoint)
+    return evaluate_stages(params, evaluate_and_log)

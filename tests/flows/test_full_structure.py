@@ -82,4 +82,9 @@ def test_full_profile_structure_runs_through_the_flow(pipeline_services):
     # Evaluation scored the final stage at its resolution.
     evaluation = envelopes["evaluate"]
     assert evaluation["fid"] > 0 and evaluation["protocol"]["resolution"] == 64
-    assert "/stage4/" in evaluation["checkpoint"]
+    assert "/stage4-" in evaluation["checkpoint"] and evaluation["stage"] == "stage4"
+    by_stage = evaluation["by_stage"]
+    assert set(by_stage) == {"stage2", "stage4"}
+    assert by_stage["stage2"]["resolution"] == 32 and by_stage["stage2"]["fid"] > 0
+    assert by_stage["stage2"]["checkpoint"] == stages["stage2"]["checkpoint"]
+    assert by_stage["stage4"]["checkpoint"] == stages["stage4"]["checkpoint"]

@@ -61,6 +61,28 @@ def test_evaluation_resolution_must_match_the_scored_stage(tmp_path):
         full.evaluate, stage="stage2", resolution=256)))
     _fails(dataclasses.replace(full, evaluate=dataclasses.replace(full.evaluate, stage="s9")),
            "evaluate.stage 's9' is not a train stage")
+    _fails(dataclasses.replace(full, evaluate=dataclasses.replace(full.evaluate,
+                                                                  extra_stages=("s7",))),
+           "evaluate.extra_stages names 's7', not a train stage")
+
+
+def test_score_plan_scores_each_stage_at_its_resolution():
+    from tasks.evaluate.step import combine, score_plan
+
+    full = load_params(profile="full")
+    both = dataclasses.replace(full, evaluate=dataclasses.replace(full.evaluate,
+                                                                  extra_stages=("stage2",)))
+    plan = score_plan(both)
+    assert [name for name, _ in plan] == ["stage2", "stage4"]
+    assert [(p.evaluate.stage, p.evaluate.resolution) for _, p in plan] == \
+        [("stage2", 256), ("stage4", 512)]
+    preflight(both)
+    results = {n: {"checkpoint": n, "fid": f, "protocol": {"resolution": r}}
+               for n, f, r in (("stage2", 30.0, 256), ("stage4", 20.0, 512))}
+    combined = combine(results, "stage4")
+    assert combined["fid"] == 20.0 and combined["stage"] == "stage4"
+    assert combined["by_stage"]["stage2"]["fid"] == 30.0
+    assert combined["by_stage"]["stage2"]["resolution"] == 256
 
 
 def test_latent_channels_and_downscale_must_match_the_vae(tmp_path):
