@@ -21,7 +21,7 @@ from tasks.download.config import CC3MParams
 from tasks.download.core import Item, Job, Result, ordered_map, sample_key, to_result, \
     valid_caption
 from tasks.download.drivers import download_rows, take
-from tasks.download.fetch import read_bytes, reason_from_message
+from tasks.download.fetch import reason_from_message
 
 DATASET = "cc3m"
 KEY_COLUMN = "source_key"  # our stable key, carried through img2dataset as an extra column
@@ -87,7 +87,7 @@ def img2dataset_results(job: Job, items: list[Item]) -> Iterator[Result]:
     todo = [i for i in items if not i.skip]
     outcome: dict[str, bytes | str] = {}
     if todo:
-        with tempfile.TemporaryDirectory(dir=job.tmp_dir) as tmp:
+        with tempfile.TemporaryDirectory(dir=job.scratch) as tmp:
             outcome = run_img2dataset(todo, Path(tmp), job.params.cc3m, job.params.threads,
                                       job.params.timeout_s, job.params.http_retries)
 
@@ -101,6 +101,6 @@ def img2dataset_results(job: Job, items: list[Item]) -> Iterator[Result]:
 
 
 def download(job: Job, source: CC3MParams) -> dict[str, Any]:
-    items = take(parse_tsv(read_bytes(source.tsv, job.params.timeout_s)),
+    items = take(parse_tsv(job.transfer.read_bytes(source.tsv)),
                  source.fraction, source.max_samples)
     return download_rows(job, items, img2dataset_results)

@@ -14,7 +14,6 @@ from typing import Any
 from tasks.download.config import CocoParams
 from tasks.download.core import Item, Job, sample_key
 from tasks.download.drivers import download_rows, take
-from tasks.download.fetch import read_bytes
 from tasks.download.textcaps import first_caption
 
 DATASET = "coco"
@@ -43,5 +42,5 @@ def parse(doc: dict[str, Any]) -> list[Item]:
 
 
 def download(job: Job, source: CocoParams) -> dict[str, Any]:
-    doc = load_annotations(read_bytes(source.annotations, job.params.timeout_s))
+    doc = load_annotations(job.transfer.read_bytes(source.annotations))
     return download_rows(job, take(parse(doc), source.fraction, source.max_samples))

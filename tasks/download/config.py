@@ -117,6 +117,12 @@ class DownloadParams:
     threads: int = 8  # concurrent image fetches and decodes per dataset
     timeout_s: float = 10.0  # per HTTP request
     http_retries: int = 2  # extra attempts per image on 5xx, 429 and connection errors
+    archive_retries: int = 8  # extra attempts per archive or source file; each resumes
+    backoff_s: float = 1.0  # s; retry k of an archive waits uniform(0, backoff_s * 2^(k-1))
+    backoff_max_s: float = 60.0  # s; cap of one wait, a server's Retry-After included
+    scratch_dir: str = ""  # archives are staged here ("": the system temp folder)
+    scratch_reserve_gib: float = 1.0  # GiB left free on the scratch disk beyond an archive
+    token_hosts: tuple[str, ...] = ("huggingface.co",)  # hosts that may receive HF_TOKEN
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -125,6 +131,13 @@ class DownloadParams:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.http_retries < 0:
             raise ValueError(f"http_retries must be >= 0, got {self.http_retries}")
+        if self.archive_retries < 0:
+            raise ValueError(f"archive_retries must be >= 0, got {self.archive_retries}")
+        if not 0 < self.backoff_s <= self.backoff_max_s:
+            raise ValueError(f"need 0 < backoff_s <= backoff_max_s, got {self.backoff_s} "
+                             f"and {self.backoff_max_s}")
+        if self.scratch_reserve_gib < 0:
+            raise ValueError(f"scratch_reserve_gib must be >= 0, got {self.scratch_reserve_gib}")
 
     def source(self, name: str) -> SourceParams:
         if name not in DATASETS:

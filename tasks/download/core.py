@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from infra.config import to_dict
 from tasks.common.shards import LocalShard, ShardRecord, commit_shard
 from tasks.download.config import DownloadParams, SourceParams
+from tasks.download.fetch import RetryPolicy, Transfer
 from tasks.download.images import ImageRejected, prepare_image
 
 # Test-only: seconds to sleep after each sample is written, which widens the window in which the
@@ -105,6 +107,25 @@ def plan_id(dataset: str, source: SourceParams, params: DownloadParams) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def transfer_for(params: DownloadParams) -> Transfer:
+    """The network settings of one dataset's download, with fresh counters."""
+    policy = RetryPolicy(params.archive_retries, params.backoff_s, params.backoff_max_s)
+    return Transfer(timeout_s=params.timeout_s, image_retries=params.http_retries, policy=policy,
+                    token_hosts=tuple(h.lower() for h in params.token_hosts),
+                    reserve_bytes=int(params.scratch_reserve_gib * (1 << 30)))
+
+
+def scratch_root(params: DownloadParams) -> Path:
+    """Where archives are staged: download.scratch_dir, relative to the repository, or the
+    system temp folder."""
+    from infra.settings import REPO_ROOT
+
+    if not params.scratch_dir:
+        return Path(tempfile.gettempdir()) / "micro-budget-scratch"
+    path = Path(params.scratch_dir).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
 def empty_stats() -> dict[str, Any]:
     return {"attempted": 0, "succeeded": 0, "failed": {}}
 
@@ -139,6 +160,7 @@ class Job:
     tmp_dir: Path | None = None
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    transfer: Transfer = field(default_factory=Transfer)
 
     def __post_init__(self) -> None:
         foreign = sorted(n for n, r in self.done.items() if r.meta.get("plan") != self.plan)
@@ -148,6 +170,14 @@ class Job:
                 f"(selection, sharding or image filter changed): their sample ranges would not "
                 f"match. Delete that prefix or set another storage.raw_prefix.")
 
+    @property
+    def scratch(self) -> Path:
+        """This plan's staging folder: archives (resumable parts) and shards being built."""
+        root = self.tmp_dir if self.tmp_dir is not None else scratch_root(self.params)
+        folder = root / f"{self.dataset}-{self.plan}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def skip(self, name: str, items: int) -> None:
         self.skipped.append(name)
         self.bar.update(items)
@@ -156,7 +186,7 @@ class Job:
         delay = float(os.environ.get(SAMPLE_DELAY_ENV) or 0)
         failed: Counter = Counter()
         attempted = 0
-        with LocalShard(self.tmp_dir) as shard:
+        with LocalShard(self.scratch) as shard:
             for result in results:
                 attempted += 1
                 if result.sample is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any, Callable, Iterator, Literal
 
 from tasks.common.shards import iter_tar_samples
 from tasks.download.core import Item, Job, Result, ordered_map, to_result
-from tasks.download.fetch import FetchError, fetch_image, fetch_to_file
+from tasks.download.fetch import AccessDenied, FetchError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -45,7 +44,7 @@ def fetch_results(job: Job, items: list[Item]) -> Iterator[Result]:
         if item.skip:
             return Result(item.key, None, item.skip)
         try:
-            data = fetch_image(item.url, p.timeout_s, p.http_retries)
+            data = job.transfer.fetch_image(item.url)
         except FetchError as err:
             return Result(item.key, None, err.reason)
         return to_result(item, data, p, job.dataset)
@@ -183,29 +182,30 @@ def download_archive(job: Job, archive: Archive, match: Matcher, limit: int | No
             job.skip(name, job.done[name].meta["stats"]["attempted"])
         return sum(job.done[n].meta["stats"]["attempted"] for n in names)
     size = job.params.source(job.dataset).shard_size
-    with tempfile.TemporaryDirectory(dir=job.tmp_dir) as tmp:
-        path = Path(tmp) / archive.name
-        fetch_to_file(archive.url, path, job.params.timeout_s)
-        entries = archive_entries(archive, path, match, limit)
-        pending = None
-        used = 0
-        for chunk, group in itertools.groupby(enumerate(entries), key=lambda t: t[0] // size):
-            if pending:
-                job.commit(*pending, final=False)
-                pending = None
-            name = f"{archive.name}-{chunk:04d}"
-            if name in job.done:
-                skipped = sum(1 for _ in group)
-                used += skipped
-                job.skip(name, skipped)
-                continue
-            counted = (e for _, e in group)
-            built = job.build(ordered_map(lambda e: _entry_result(job, e), counted,
-                                          job.params.threads))
-            used += built.stats["attempted"]
-            pending = (name, built)
+    path = job.transfer.fetch_archive(archive.url, job.scratch / f"{archive.name}.{archive.kind}")
+    entries = archive_entries(archive, path, match, limit)
+    pending = None
+    used = 0
+    for chunk, group in itertools.groupby(enumerate(entries), key=lambda t: t[0] // size):
         if pending:
-            job.commit(*pending, final=True)
+            job.commit(*pending, final=False)
+            pending = None
+        name = f"{archive.name}-{chunk:04d}"
+        if name in job.done:
+            skipped = sum(1 for _ in group)
+            used += skipped
+            job.skip(name, skipped)
+            continue
+        counted = (e for _, e in group)
+        built = job.build(ordered_map(lambda e: _entry_result(job, e), counted,
+                                      job.params.threads))
+        used += built.stats["attempted"]
+        pending = (name, built)
+    if pending:
+        job.commit(*pending, final=True)
+    if path.is_relative_to(job.scratch):
+        # Its shards are in S3: the staged copy goes. A failure above keeps it for the rerun.
+        path.unlink(missing_ok=True)
     return used
 
 
@@ -220,6 +220,8 @@ def download_archives(job: Job, archives: list[Archive], match: Matcher,
             break
         try:
             used += download_archive(job, archive, match, left)
+        except AccessDenied:
+            raise  # a token or the terms are missing: every archive would fail the same way
         except FetchError as err:
             if not is_permanent(err.reason):
                 raise

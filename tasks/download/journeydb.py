@@ -15,7 +15,7 @@ from typing import Any
 from tasks.download.config import JourneyDBParams
 from tasks.download.core import Item, Job, sample_key, valid_caption
 from tasks.download.drivers import Archive, download_archives, match_selected, take
-from tasks.download.fetch import read_bytes, resolve
+from tasks.download.fetch import resolve
 
 DATASET = "journeydb"
 
@@ -74,7 +74,7 @@ def archives(by_archive: dict[str, list[Item]], fraction: float, max_samples: in
 
 
 def download(job: Job, source: JourneyDBParams) -> dict[str, Any]:
-    text = jsonl_text(read_bytes(source.annotations, job.params.timeout_s))
+    text = jsonl_text(job.transfer.read_bytes(source.annotations))
     plan = archives(parse(text, resolve(source.images).rstrip("/")), source.fraction,
                     source.max_samples)
     job.bar.reset(total=sum(len(a.selected or {}) for a in plan))

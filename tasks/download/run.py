@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from tasks.common.shards import done_records, versioned_uri, write_manifest
 from tasks.download import cc3m, coco, diffusiondb, journeydb, sa1b, textcaps
-from tasks.download.core import Job, add_stats, empty_stats, plan_id
+from tasks.download.core import Job, add_stats, empty_stats, plan_id, transfer_for
 from tasks.params import Params
 
 READERS: dict[str, Callable[[Job, Any], dict[str, Any]]] = {
@@ -34,7 +34,7 @@ def download(params: Params, dataset: str) -> dict[str, Any]:
     start = time.monotonic()
     with tqdm(desc=dataset, unit="img") as bar:
         job = Job(dataset, prefix, params.download, plan_id(dataset, source, params.download),
-                  done_records(prefix), bar)
+                  done_records(prefix), bar, transfer=transfer_for(params.download))
         outcome = READERS[dataset](job, source)
     seconds = time.monotonic() - start
     total = empty_stats()
@@ -58,6 +58,8 @@ def download(params: Params, dataset: str) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "attempted_this_run": this_run["attempted"],
         "images_per_s": round(this_run["attempted"] / seconds, 2) if seconds > 0 else 0.0,
+        # Retries, resumes, rate limits and archive bytes of this run (not stored per shard).
+        "network": job.transfer.stats.snapshot(),
     }
 
 
@@ -87,4 +89,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         lines.append("| (none) | 0 |")
     for archive, reason in summary.get("archives_failed", {}).items():
         lines.append(f"| archive {archive}: {reason} | - |")
+    network = summary.get("network") or {}
+    if network:
+        lines += ["", "| network (this run) | count |", "|---|---|"]
+        lines += [f"| {name} | {count} |" for name, count in network.items()]
     return "\n".join(lines) + "\n"

@@ -14,7 +14,6 @@ from typing import Any
 from tasks.download.config import SA1BParams
 from tasks.download.core import Item, Job, sample_key
 from tasks.download.drivers import Archive, Entry, download_archives, take
-from tasks.download.fetch import read_bytes
 
 DATASET = "sa1b"
 
@@ -46,6 +45,6 @@ def match(archive: Archive, stem: str, files: dict[str, bytes]) -> Entry | None:
 
 
 def download(job: Job, source: SA1BParams) -> dict[str, Any]:
-    archives = take(parse_links(read_bytes(source.links, job.params.timeout_s)),
+    archives = take(parse_links(job.transfer.read_bytes(source.links)),
                     source.fraction, None)
     return download_archives(job, archives, match, source.max_samples)

@@ -12,7 +12,6 @@ from typing import Any
 from tasks.download.config import TextCapsParams
 from tasks.download.core import Item, Job, sample_key, valid_caption
 from tasks.download.drivers import download_rows, take
-from tasks.download.fetch import read_bytes
 
 DATASET = "textcaps"
 
@@ -45,5 +44,5 @@ def parse(doc: dict[str, Any]) -> list[Item]:
 
 
 def download(job: Job, source: TextCapsParams) -> dict[str, Any]:
-    doc = json.loads(read_bytes(source.annotations, job.params.timeout_s))
+    doc = json.loads(job.transfer.read_bytes(source.annotations))
     return download_rows(job, take(parse(doc), source.fraction, source.max_samples))
