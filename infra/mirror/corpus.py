@@ -10,7 +10,8 @@ Defects, by dataset (each counted under a failure reason by the download step):
   sa1b        a truncated tar member, an expired (404) link
   textcaps    404, an image whose captions are all empty, a caption that is not valid UTF-8
   journeydb   an annotated image missing from its archive, a corrupt image, an empty prompt
-  diffusiondb NSFW-flagged rows (image and prompt scores), a row missing from its zip
+  diffusiondb NSFW-flagged rows (image and prompt scores), a row missing from its zip; in both
+              the 2M layout (PNG) and the Large one (WebP, two part folders)
   coco        404
 """
 
@@ -32,7 +33,7 @@ from PIL import Image, ImageDraw
 
 TOKEN = "http://mirror.invalid"
 MARKER = "corpus.json"
-VERSION = 1
+VERSION = 2  # 2: DiffusionDB Large layout, TextCaps image zip and val split
 REFUSED_URL = "http://127.0.0.1:9/refused.jpg"  # the discard port: nothing listens there
 WORDS = {
     "adj": ["red", "small", "old", "bright", "quiet", "wooden", "striped", "distant", "tall"],
@@ -96,6 +97,8 @@ def encode(image: Image.Image, fmt: str = "JPEG") -> bytes:
     out = io.BytesIO()
     if fmt == "PNG":
         image.save(out, format="PNG", compress_level=1)
+    elif fmt == "WEBP":
+        image.save(out, format="WEBP", lossless=True, quality=0, method=0)
     else:
         image.save(out, format="JPEG", quality=90)
     return out.getvalue()
@@ -243,16 +246,22 @@ def journeydb(root: Path, rng: random.Random, archives: int, per_archive: int) -
           tar_bytes([("train_anno_realease_repath.jsonl", jsonl)], gzip=True))
 
 
-def diffusiondb(root: Path, rng: random.Random, parts: int, per_part: int) -> None:
-    """metadata.parquet and images/part-NNNNNN.zip of <uuid>.png + part-NNNNNN.json."""
+def diffusiondb(root: Path, rng: random.Random, parts: int, per_part: int,
+                large: bool = False) -> None:
+    """DiffusionDB 2M: metadata.parquet and images/part-NNNNNN.zip of <uuid>.png +
+    part-NNNNNN.json. With `large`, DiffusionDB Large: metadata-large.parquet and lossless
+    <uuid>.webp parts, the first half of the parts under diffusiondb-large-part-1/ and the rest
+    numbered from 10001 under diffusiondb-large-part-2/, as upstream splits its 14,000 parts."""
     rows = []
-    for part in range(1, parts + 1):
+    for index in range(1, parts + 1):
+        part = index if not large or index <= (parts + 1) // 2 else 10000 + index
         name = f"part-{part:06d}"
-        index = {}
+        index_json = {}
         out = io.BytesIO()
         with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
             for i in range(per_part):
-                image_name = f"{uuid.UUID(int=rng.getrandbits(128), version=4)}.png"
+                ext = "webp" if large else "png"
+                image_name = f"{uuid.UUID(int=rng.getrandbits(128), version=4)}.{ext}"
                 size = rng.choice([(512, 512), (512, 768), (768, 512), (640, 640), (200, 300)])
                 prompt = caption(rng) + ", trending on artstation"
                 image_nsfw = 0.9 if i % 9 == 3 else round(rng.uniform(0.0, 0.15), 4)
@@ -262,13 +271,16 @@ def diffusiondb(root: Path, rng: random.Random, parts: int, per_part: int) -> No
                              "sampler": 8, "width": size[0], "height": size[1],
                              "user_name": "u", "timestamp": 1660000000 + i,
                              "image_nsfw": image_nsfw, "prompt_nsfw": prompt_nsfw})
-                if part == 1 and i == 2:
+                if index == 1 and i == 2:
                     continue  # listed in the metadata, absent from the zip
-                index[image_name] = {"p": prompt, "se": rows[-1]["seed"], "c": 7.0, "st": 50}
-                archive.writestr(image_name, encode(make_image(rng, size), "PNG"))
-            archive.writestr(f"{name}.json", json.dumps(index))
-        write(root / f"diffusiondb/images/{name}.zip", out.getvalue())
-    target = root / "diffusiondb/metadata.parquet"
+                index_json[image_name] = {"p": prompt, "se": rows[-1]["seed"], "c": 7.0,
+                                          "st": 50}
+                archive.writestr(image_name, encode(make_image(rng, size),
+                                                    "WEBP" if large else "PNG"))
+            archive.writestr(f"{name}.json", json.dumps(index_json))
+        folder = (f"diffusiondb-large-part-{1 if part <= 10000 else 2}" if large else "images")
+        write(root / "diffusiondb" / folder / f"{name}.zip", out.getvalue())
+    target = root / "diffusiondb" / ("metadata-large.parquet" if large else "metadata.parquet")
     target.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), target)
 
@@ -303,6 +315,9 @@ def generate(root: Path, seed: int = 0, size: CorpusSize = CorpusSize()) -> dict
     journeydb(root, rng, size.journeydb_archives, size.journeydb_per_archive)
     diffusiondb(root, rng, size.diffusiondb_parts, size.diffusiondb_per_part)
     coco(root, rng, size.coco)
+    # Layouts added later draw from streams of their own: the files above keep their bytes.
+    diffusiondb(root, random.Random(f"diffusiondb-large-{seed}"), max(2, size.diffusiondb_parts),
+                size.diffusiondb_per_part, large=True)
     marker = {"version": VERSION, "seed": seed, "size": asdict(size)}
     # The marker is written last: its presence means the corpus is complete.
     (root / MARKER).write_text(json.dumps(marker, indent=2))

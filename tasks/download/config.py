@@ -8,6 +8,7 @@ follows the mirror wherever its port is configured.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Literal
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,10 +71,17 @@ class JourneyDBParams(SourceParams):
 
 @dataclass(frozen=True, kw_only=True)
 class DiffusionDBParams(SourceParams):
-    """DiffusionDB 2M: metadata.parquet + images/part-NNNNNN.zip; prompts are the captions."""
+    """DiffusionDB: a metadata parquet and part zips of images; prompts are the captions.
 
-    metadata: str = ""  # metadata.parquet
-    parts: str = ""  # folder URL of images/, holding part-000001.zip ...
+    `variant: large` is DiffusionDB Large (14M images, what the reference trains on):
+    metadata-large.parquet, parts 1-10000 in diffusiondb-large-part-1/ and 10001-14000 in
+    diffusiondb-large-part-2/, lossless WebP inside. `variant: 2m` is DiffusionDB 2M:
+    metadata.parquet, images/part-NNNNNN.zip of PNG.
+    """
+
+    variant: Literal["2m", "large"] = "2m"
+    metadata: str = ""  # metadata.parquet (2m) or metadata-large.parquet (large)
+    parts: str = ""  # folder URL holding the parts: images/ (2m), the dataset root (large)
     nsfw_max: float = 0.2  # rows with image_nsfw or prompt_nsfw above this are dropped
 
     def __post_init__(self) -> None:

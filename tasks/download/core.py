@@ -99,9 +99,15 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Itera
             yield window.popleft().result()
 
 
+# Source fields added after plans were first written, at their default value: left out of the
+# fingerprint, so shards committed before the field existed keep their plan.
+LATER_DEFAULTS = {"variant": "2m", "images": "", "val_annotations": ""}
+
+
 def plan_id(dataset: str, source: SourceParams, params: DownloadParams) -> str:
     """Fingerprint of everything that decides which samples land in which shard."""
-    selection = {k: v for k, v in to_dict(source).items() if k not in ("enabled", "processes")}
+    selection = {k: v for k, v in to_dict(source).items() if k not in ("enabled", "processes")
+                 and not (k in LATER_DEFAULTS and LATER_DEFAULTS[k] == v)}
     blob = json.dumps({"dataset": dataset, "source": selection, "image": to_dict(params.image)},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
