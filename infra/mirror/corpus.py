@@ -8,7 +8,8 @@ Defects, by dataset (each counted under a failure reason by the download step):
   cc3m        404, 500, refused connection, corrupt JPEG, HTML served as .jpg, empty caption,
               non-UTF-8 caption bytes, images under 256 px
   sa1b        a truncated tar member, an expired (404) link
-  textcaps    404, an image whose captions are all empty, a caption that is not valid UTF-8
+  textcaps    404, an image whose captions are all empty, a caption that is not valid UTF-8,
+              a Flickr "photo unavailable" redirect; train and val splits and the image zip
   journeydb   an annotated image missing from its archive, a corrupt image, an empty prompt
   diffusiondb NSFW-flagged rows (image and prompt scores), a row missing from its zip; in both
               the 2M layout (PNG) and the Large one (WebP, two part folders)
@@ -196,8 +197,9 @@ def sa1b(root: Path, rng: random.Random, archives: int, per_archive: int) -> Non
     write(root / "sa1b/captions.jsonl", ("\n".join(captions) + "\n").encode())
 
 
-def textcaps(root: Path, rng: random.Random, n: int) -> None:
-    """TextCaps_0.1_train.json: one `data` entry per caption, grouped by image_id."""
+def textcaps(root: Path, rng: random.Random, n: int, split: str = "train") -> None:
+    """TextCaps_0.1_<split>.json: one `data` entry per caption, grouped by image_id. Image 3's
+    Flickr URL redirects to Flickr's "photo unavailable" stand-in, as removed photos do."""
     entries = []
     for i in range(n):
         image_id = f"{rng.getrandbits(64):016x}"
@@ -210,17 +212,30 @@ def textcaps(root: Path, rng: random.Random, n: int) -> None:
             texts = ["\udcfe\udcff"]
         if i != 2:
             write(root / "textcaps/images" / f"{image_id}.jpg", jpeg(rng))
+        flickr = f"{TOKEN}/textcaps/images/{image_id}.jpg"
+        if i == 3:
+            flickr = f"{TOKEN}/_gone/textcaps/images/{image_id}.jpg"
         for caption_id, text in enumerate(texts):
             entries.append({
                 "image_id": image_id, "image_classes": ["Sign"], "image_name": image_id,
-                "flickr_original_url": f"{TOKEN}/textcaps/images/{image_id}.jpg",
-                "flickr_300k_url": f"{TOKEN}/textcaps/images/{image_id}.jpg",
-                "image_width": 0, "image_height": 0, "set_name": "train",
+                "flickr_original_url": flickr, "flickr_300k_url": flickr,
+                "image_width": 0, "image_height": 0, "set_name": split,
                 "image_path": f"train/{image_id}.jpg", "caption_id": caption_id,
                 "caption_str": text, "caption_tokens": text.split(), "reference_strs": texts,
             })
-    doc = {"dataset_type": "train", "dataset_name": "textcaps", "data": entries}
-    write(root / "textcaps/TextCaps_0.1_train.json", json.dumps(doc).encode())
+    doc = {"dataset_type": split, "dataset_name": "textcaps", "data": entries}
+    write(root / f"textcaps/TextCaps_0.1_{split}.json", json.dumps(doc).encode())
+
+
+def textcaps_images_zip(root: Path) -> None:
+    """train_val_images.zip as TextVQA ships it: train and val images under train_images/
+    (image 2 of train, absent from the image folder, is absent here too)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for path in sorted((root / "textcaps/images").glob("*.jpg")):
+            info = zipfile.ZipInfo(f"train_images/{path.name}", date_time=(2019, 4, 1, 0, 0, 0))
+            archive.writestr(info, path.read_bytes())
+    write(root / "textcaps/train_val_images.zip", out.getvalue())
 
 
 def journeydb(root: Path, rng: random.Random, archives: int, per_archive: int) -> None:
@@ -318,6 +333,8 @@ def generate(root: Path, seed: int = 0, size: CorpusSize = CorpusSize()) -> dict
     # Layouts added later draw from streams of their own: the files above keep their bytes.
     diffusiondb(root, random.Random(f"diffusiondb-large-{seed}"), max(2, size.diffusiondb_parts),
                 size.diffusiondb_per_part, large=True)
+    textcaps(root, random.Random(f"textcaps-val-{seed}"), max(10, size.textcaps // 4), "val")
+    textcaps_images_zip(root)
     marker = {"version": VERSION, "seed": seed, "size": asdict(size)}
     # The marker is written last: its presence means the corpus is complete.
     (root / MARKER).write_text(json.dumps(marker, indent=2))

@@ -12,6 +12,8 @@ Paths outside the folder are refused. Routes that play a failing host:
     /_busy/<code>/<times>/<path>      the first <times> requests answer <code> (429 or 503)
                                       with `Retry-After: 1`, later ones serve <path>
     /_redirect/<host:port>/<path>     302 to http://<host:port>/<path> (another server)
+    /_gone/<path>                     302 to the placeholder below, as Flickr does for a
+                                      removed photo
     /flickr/photo_unavailable.png     Flickr's "photo unavailable" stand-in
 
 Every request is recorded (`requests`: path, headers, status, byte range) and every body byte
@@ -111,6 +113,10 @@ class MirrorHandler(BaseHTTPRequestHandler):
             return
         if path == "/flickr/photo_unavailable.png":
             self._send(200, placeholder_png(), "image/png", with_body)
+            return
+        if path.startswith("/_gone/"):
+            self._send(302, b"", "text/plain", with_body,
+                       {"Location": "/flickr/photo_unavailable.png"})
             return
         match = re.match(r"/_redirect/([^/]+)(/.*)$", path)
         if match:

@@ -8,7 +8,7 @@ follows the mirror wherever its port is configured.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Literal
+from typing import ClassVar, Literal
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -19,6 +19,7 @@ class SourceParams:
     fraction: float = 1.0  # share of the source taken, (0, 1]: of rows, or of archives
     max_samples: int | None = None  # cap on source samples attempted; null: no cap
     shard_size: int = 1000  # source samples per output shard
+    optional: ClassVar[tuple[str, ...]] = ()  # location fields that may stay empty
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
@@ -29,7 +30,8 @@ class SourceParams:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
         if self.enabled:
             missing = [f.name for f in fields(self)
-                       if f.type in ("str", str) and not getattr(self, f.name)]
+                       if f.type in ("str", str) and not getattr(self, f.name)
+                       and f.name not in self.optional]
             if missing:
                 raise ValueError(f"enabled, but no source location in {missing}")
 
@@ -56,9 +58,14 @@ class SA1BParams(SourceParams):
 
 @dataclass(frozen=True, kw_only=True)
 class TextCapsParams(SourceParams):
-    """TextCaps: the official annotation JSON (one entry per caption) and its Flickr images."""
+    """TextCaps: the official annotation JSONs (one entry per caption) and their images, from
+    the TextVQA image archive (train_images/<image_id>.jpg inside train_val_images.zip) or,
+    with `images` empty, from each entry's Flickr URL (which rot)."""
 
     annotations: str = ""  # TextCaps_0.1_train.json
+    val_annotations: str = ""  # TextCaps_0.1_val.json ("": train split only)
+    images: str = ""  # train_val_images.zip ("": the entries' flickr_original_url)
+    optional: ClassVar[tuple[str, ...]] = ("val_annotations", "images")
 
 
 @dataclass(frozen=True, kw_only=True)

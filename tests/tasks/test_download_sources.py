@@ -57,3 +57,39 @@ def test_diffusiondb_large_reads_webp_from_both_folders_with_nsfw_filter(demo_pa
     assert parts == {"diffusiondb-large-part-1", "diffusiondb-large-part-2"}
     nsfw_rows = sum(max(r["image_nsfw"], r["prompt_nsfw"]) > 0.2 for r in rows)
     assert summary["failed"]["nsfw"] == nsfw_rows and summary["attempted"] == len(rows)
+
+
+def _textcaps_docs(mirror: str) -> list[dict]:
+    docs = []
+    for split in ("train", "val"):
+        with urllib.request.urlopen(f"{mirror}/textcaps/TextCaps_0.1_{split}.json") as resp:
+            docs.append(json.load(resp))
+    return docs
+
+
+def test_textcaps_reads_train_and_val_images_from_the_official_zip(demo_params, mirror):
+    base = demo_params().download.textcaps
+    source = dataclasses.replace(base, images="{mirror}/textcaps/train_val_images.zip",
+                                 val_annotations="{mirror}/textcaps/TextCaps_0.1_val.json")
+    summary = download(demo_params(textcaps=source), "textcaps")
+    train, val = _textcaps_docs(mirror)
+    captions: dict[str, list[str]] = {}
+    for entry in sorted(train["data"] + val["data"], key=lambda e: e["caption_id"]):
+        captions.setdefault(entry["image_id"], []).append(entry["caption_str"])
+    assert summary["attempted"] == len(captions)
+    # One train and one val image are absent from the archive; nothing is fetched from Flickr.
+    assert summary["failed"]["missing_in_archive"] == 2 and "placeholder" not in summary["failed"]
+    samples = _samples(summary)
+    assert {s["json"]["split"] for s in samples.values()} == {"train", "val"}
+    for files in samples.values():
+        meta = files["json"]
+        assert meta["captions"] == captions[meta["source_id"]]
+        assert files["txt"].decode() in meta["captions"]
+        assert meta["url"].endswith("/textcaps/train_val_images.zip")
+
+
+def test_textcaps_flickr_placeholder_is_a_counted_skip(demo_params):
+    summary = download(demo_params(), "textcaps")  # the entries' Flickr URLs
+    assert summary["failed"]["placeholder"] == 1
+    for files in _samples(summary).values():
+        assert Image.open(io.BytesIO(files["jpg"])).size != (500, 374)
