@@ -26,7 +26,7 @@ STEPS = ("download", "caption", "encode", "train", "evaluate", "report")
 COMMANDS = ("check", *STEPS)
 # Commands outside the pipeline, each with its own parser: `python -m tasks import|sample ...`.
 # Imported by name like the steps; no stage runs them, so no stage depends on their files.
-TOOLS = {"import": "importer"}
+TOOLS = {"import": "importer", "sample": "sample"}
 # Sections whose values each step reads, shown by --dry-run next to storage and cost.
 SECTIONS = {"download": ["download"], "caption": ["caption"], "encode": ["encode"],
             "train": ["train"], "evaluate": ["evaluate"], "report": [],
