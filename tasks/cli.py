@@ -19,6 +19,8 @@ from pathlib import Path
 import yaml
 
 from infra.config import ConfigError, to_dict
+from infra.settings import REPO_ROOT
+from tasks.common.errors import report
 from tasks.params import PROFILES, load_params
 from tasks.report.ledger import envelope
 
@@ -40,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--profile", choices=PROFILES, default=None, help="override params.yaml profile")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON summary here")
+    ap.add_argument("--debug", action="store_true",
+                    help="print the traceback of an operational error, not only its one line")
     return ap
 
 
@@ -78,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     module = importlib.import_module(f"tasks.{args.step}.step")
     started = time.monotonic()
-    summary = module.run(params)
+    try:
+        summary = module.run(params)
+    except Exception as err:  # noqa: BLE001 - report() re-raises anything not operational
+        log = REPO_ROOT / ".state" / "logs" / f"tasks-{args.step}-error.log"
+        return report(err, args.debug, log)
     if args.step != "report":
         # The envelope carries the wall time that the report prices.
         summary = envelope(args.step, summary, time.monotonic() - started)
