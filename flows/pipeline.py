@@ -16,10 +16,12 @@ from prefect.runtime import flow_run
 
 from infra import s3
 from tasks.check import preflight, render
+from tasks.plan import check_budget, plan
+from tasks.plan import render as render_plan
 from tasks.params import load_params
 from tasks.report.ledger import GPU_STEPS, STEPS
 from tasks.report.step import report_pipeline
-from tasks.report.tracking import start_pipeline_run
+from tasks.report.tracking import fail_pipeline_run, start_pipeline_run
 
 STEP_FLOW = "micro-budget-step"
 
@@ -45,12 +47,16 @@ def run_step_on_pool(step: str, envelope_uri: str, profile: str | None,
 
 @flow(name="micro-budget", log_prints=True)
 def pipeline(profile: str | None = None, params_path: str | None = None,
-             steps: list[str] | None = None) -> dict[str, Any]:
-    """The whole recipe on the profile in params.yaml (or `profile`); `steps` picks a subset."""
+             steps: list[str] | None = None, allow_over_budget: bool = False) -> dict[str, Any]:
+    """The whole recipe on the profile in params.yaml (or `profile`); `steps` picks a subset.
+
+    Refuses to start when the sections disagree (the preflight) or when the projected bill
+    exceeds cost.budget_usd, unless `allow_over_budget`."""
     logger = get_run_logger()
     params = load_params(params_path, profile)
     # Disagreeing sections fail here, before any data moves or any GPU is paid for.
     logger.info("%s", render(preflight(params), params.train.gpu_memory_gib))
+    logger.info("%s", render_plan(params, plan(params)))
     chosen = steps or list(STEPS)
     unknown = sorted(set(chosen) - set(STEPS))
     if unknown:
@@ -58,12 +64,19 @@ def pipeline(profile: str | None = None, params_path: str | None = None,
     name = flow_run.get_name() or "local"
     parent = open_pipeline_run(profile, params_path, f"{params.profile}-{name}")
     folder = params.storage.uri(params.storage.pipeline_prefix, flow_run.get_id() or name)
-    envelopes = []
-    for step in (s for s in STEPS if s in chosen):
-        logger.info("step %s starting", step)
-        envelopes.append(run_step_on_pool(step, f"{folder}/{step}.json", profile, params_path,
-                                          parent))
-        logger.info("step %s done in %.1f s", step, envelopes[-1]["seconds"])
+    envelopes, current = [], "budget"
+    try:
+        check_budget(params, allow_over_budget)
+        for step in (s for s in STEPS if s in chosen):
+            current = step
+            logger.info("step %s starting", step)
+            envelopes.append(run_step_on_pool(step, f"{folder}/{step}.json", profile,
+                                              params_path, parent))
+            logger.info("step %s done in %.1f s", step, envelopes[-1]["seconds"])
+    except BaseException as err:
+        # The MLflow parent run ends FAILED with the step that stopped it, never RUNNING.
+        fail_pipeline_run(parent, current, str(err))
+        raise
     result = report_pipeline(params, envelopes, parent)
     print(result["markdown"])
     return {k: v for k, v in result.items() if k != "markdown"}

@@ -25,19 +25,21 @@ from tasks.params import PROFILES, load_params
 from tasks.report.ledger import envelope
 
 STEPS = ("download", "caption", "encode", "train", "evaluate", "report")
-COMMANDS = ("check", *STEPS)
+COMMANDS = ("check", "plan", *STEPS)
 # Commands outside the pipeline, each with its own parser: `python -m tasks import|sample ...`.
 # Imported by name like the steps; no stage runs them, so no stage depends on their files.
 TOOLS = {"import": "importer", "sample": "sample"}
 # Sections whose values each step reads, shown by --dry-run next to storage and cost.
 SECTIONS = {"download": ["download"], "caption": ["caption"], "encode": ["encode"],
             "train": ["train"], "evaluate": ["evaluate"], "report": [],
-            "check": ["download", "caption", "encode", "train", "evaluate"]}
+            "check": ["download", "caption", "encode", "train", "evaluate"],
+            "plan": ["download", "caption", "encode", "train", "evaluate"]}
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tasks", description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=COMMANDS, help="a step, or check: the preflight")
+    ap.add_argument("step", choices=COMMANDS,
+                    help="a step; check: the preflight; plan: the projected bill")
     ap.add_argument("--params", type=Path, default=None, help="params file (default params.yaml)")
     ap.add_argument("--profile", choices=PROFILES, default=None, help="override params.yaml profile")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -65,6 +67,13 @@ def check(params) -> int:
     return 0
 
 
+def plan_command(params) -> int:
+    from tasks.plan import plan, render
+
+    print(render(params, plan(params)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in TOOLS:
@@ -77,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.step == "check":
         return check(params)
+    if args.step == "plan":
+        return plan_command(params)
     if args.dry_run:
         print(yaml.safe_dump(resolved(params, args.step), sort_keys=False), end="")
         return 0

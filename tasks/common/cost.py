@@ -11,8 +11,22 @@ class CostParams:
 
     gpu_type: str = "cpu"
     usd_per_gpu_hour: dict[str, float] = field(default_factory=lambda: {"cpu": 0.0, "H100": 3.75})
+    budget_usd: float | None = None  # the flow refuses a run whose plan costs more; null: none
+    # The plan (python -m tasks plan): measured throughput per device where there is one
+    # (keys: caption, encode, or a stage name; captions or images per second), else model
+    # FLOPs at `mfu` of the device's dense peak.
+    throughput: dict[str, float] = field(default_factory=dict)
+    mfu: float = 0.3  # model FLOP utilisation assumed where no throughput is measured
+    peak_tflops: dict[str, float] = field(default_factory=lambda: {"H100": 989.0})
 
     def __post_init__(self) -> None:
+        if self.budget_usd is not None and self.budget_usd <= 0:
+            raise ValueError(f"cost.budget_usd must be > 0 or null, got {self.budget_usd}")
+        if not 0 < self.mfu <= 1:
+            raise ValueError(f"cost.mfu must be in (0, 1], got {self.mfu}")
+        bad = {k: v for k, v in {**self.throughput, **self.peak_tflops}.items() if v <= 0}
+        if bad:
+            raise ValueError(f"cost.throughput and cost.peak_tflops must be > 0, got {bad}")
         if self.gpu_type not in self.usd_per_gpu_hour:
             raise ValueError(
                 f"gpu_type {self.gpu_type!r} has no price; known: {sorted(self.usd_per_gpu_hour)}"

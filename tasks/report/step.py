@@ -19,8 +19,16 @@ from infra.settings import mlflow_uri
 from tasks.params import Params
 from tasks.report.ledger import STEPS, ledger, rows_as_dicts, totals
 from tasks.report.summary import final_metrics, report_markdown
-from tasks.report.tracking import (GRID_PATH, artifact_url, finish_pipeline_run, log_step_run,
-                                   run_url, start_pipeline_run)
+from tasks.report.chart import cost_chart, planned_markdown
+from tasks.report.tracking import (CHART_PATH, GRID_PATH, artifact_url, finish_pipeline_run,
+                                   log_step_run, run_url, start_pipeline_run)
+
+def planned_by_step(params: Params) -> dict[str, dict[str, float]]:
+    """The plan's device-hours and dollars per step, for planned-vs-actual."""
+    from tasks.plan import by_step, plan
+
+    return by_step(plan(params))
+
 
 def eval_grid(envelopes: list[dict[str, Any]]) -> bytes | None:
     """The evaluation's sample grid, fetched from its MLflow run (None if there is none)."""
@@ -42,10 +50,15 @@ def report(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str) 
     link = run_url(parent_run_id)
     grid = eval_grid(envelopes)
     grid_link = artifact_url(parent_run_id, GRID_PATH) if grid else None
+    planned = planned_by_step(params)
     markdown = report_markdown(params.profile, envelopes, rows, link, grid_link)
-    finish_pipeline_run(parent_run_id, rows, metrics, markdown, grid)
+    markdown += ("\n## Where the money went\n\n" + planned_markdown(rows, planned) + "\n\n"
+                 f"![cost per step, actual and planned]"
+                 f"({artifact_url(parent_run_id, CHART_PATH)})\n")
+    finish_pipeline_run(parent_run_id, rows, metrics, markdown, grid, planned,
+                        cost_chart(rows, planned))
     return {"mlflow_run_id": parent_run_id, "mlflow_url": link, "grid_url": grid_link,
-            "cost": rows_as_dicts(rows),
+            "cost": rows_as_dicts(rows), "planned": planned,
             "totals": totals(rows), "metrics": metrics, "markdown": markdown}
 
 

@@ -71,13 +71,22 @@ def log_step_run(parent_id: str, row: LedgerRow, result: dict[str, Any]) -> str:
 
 
 def finish_pipeline_run(parent_id: str, rows: list[LedgerRow], metrics: dict[str, float],
-                        report_md: str, grid_png: bytes | None = None) -> None:
-    """Cost table, totals and final metrics on the parent run, then close it."""
+                        report_md: str, grid_png: bytes | None = None,
+                        planned: dict[str, dict[str, float]] | None = None,
+                        chart_png: bytes | None = None) -> None:
+    """Cost table (actual and planned per step), totals and final metrics on the parent run,
+    the cost chart and the report, then close it."""
     client = _client()
     total = totals(rows)
     for row in rows:
         client.log_metric(parent_id, f"cost_usd/{row.step}", row.cost_usd)
         client.log_metric(parent_id, f"device_hours/{row.step}", row.device_hours)
+    for step, plan in (planned or {}).items():
+        client.log_metric(parent_id, f"planned_cost_usd/{step}", plan["cost_usd"])
+        client.log_metric(parent_id, f"planned_device_hours/{step}", plan["device_hours"])
+    if planned:
+        client.log_metric(parent_id, "planned_cost_usd",
+                          sum(p["cost_usd"] for p in planned.values()))
     client.log_metric(parent_id, "cost_usd", total["cost_usd"])
     client.log_metric(parent_id, "device_hours", total["device_hours"])
     client.log_metric(parent_id, "wall_seconds", total["seconds"])
@@ -89,11 +98,25 @@ def finish_pipeline_run(parent_id: str, rows: list[LedgerRow], metrics: dict[str
         (folder / "report.md").write_text(report_md)
         if grid_png:
             (folder / GRID_PATH.split("/")[-1]).write_bytes(grid_png)
+        if chart_png:
+            (folder / CHART_PATH.split("/")[-1]).write_bytes(chart_png)
         client.log_artifacts(parent_id, str(folder), artifact_path="report")
     client.set_terminated(parent_id)
 
 
+def fail_pipeline_run(parent_id: str, step: str, message: str,
+                      status: str = "FAILED") -> None:
+    """Close a pipeline run that did not finish: FAILED (or KILLED) with the step that stopped
+    it and the error (for a refused budget, the plan), so no run is left RUNNING."""
+    client = _client()
+    client.set_tag(parent_id, "stopped_at", step)
+    client.set_tag(parent_id, "error", message.splitlines()[0][:500] if message else "")
+    client.log_text(parent_id, message, "report/error.txt")
+    client.set_terminated(parent_id, status=status)
+
+
 GRID_PATH = "report/samples_grid.png"  # where finish_pipeline_run logs the sample grid
+CHART_PATH = "report/cost_by_step.png"  # and the cost chart
 
 
 def artifact_url(run_id: str, path: str) -> str:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,16 @@ def run_stage(params: Params, stage: str, parent_run_id: str | None = None) -> d
         resolved = dump_params(params, Path(tmp) / "params.yaml")
         cmd = launch_command(params, stage, summary, parent_run_id, resolved)
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        started = time.monotonic()
         done = subprocess.run(cmd, cwd=REPO_ROOT, env=env)
+        # What the devices were held for: process start to exit, start-up, data waits,
+        # compile, checkpoint uploads and the sample grid included.
+        held = time.monotonic() - started
         if done.returncode != 0:
             raise RuntimeError(f"training stage {stage} exited with {done.returncode}; rerun to "
                                "resume from its latest checkpoint")
         result = json.loads(summary.read_text())
+    result["held_seconds"] = round(held, 3)
     result["loss_curve_points"] = len(result.pop("losses", []))
     return result
 
@@ -73,9 +79,11 @@ def final_checkpoint(params: Params) -> str:
 
 
 def summarize(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Stage summaries plus the GPU count and GPU-seconds per device that the report prices."""
+    """Stage summaries plus what the report prices: the devices held and for how long (each
+    stage's process wall time, not just its training loop)."""
     return {"stages": stages, "gpus": max((s["gpus"] for s in stages.values()), default=1),
-            "gpu_seconds_per_device": sum(s["seconds"] for s in stages.values())}
+            "gpu_seconds_per_device": sum(s.get("held_seconds", s["seconds"])
+                                          for s in stages.values())}
 
 
 def run(params: Params) -> dict[str, Any]:

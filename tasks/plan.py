@@ -1,0 +1,197 @@
+"""The bill before paying it: projected device-hours and dollars per step and per stage.
+
+    python -m tasks plan [--params F] [--profile demo|full]
+
+Each line states where its figure comes from: a measured throughput from `cost.throughput`
+(images, or captions, per second per device), or model FLOPs at `cost.mfu` of the device's
+dense peak (`cost.peak_tflops`). Dataset sizes before the first download are the sources'
+published sizes (DATASET_IMAGES) times the configured fraction. The flow refuses to start a run
+whose plan exceeds `cost.budget_usd` unless told to go over it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from model.flops import forward_flops
+from tasks.params import Params
+
+# Published sizes of each source (images before our filters), for plans made before a download.
+DATASET_IMAGES: dict[str, int] = {
+    "cc3m": 3_318_333,  # Conceptual Captions training TSV rows
+    "sa1b": 11_000_000,  # SA-1B: about 11M images in ~1,000 tars
+    "textcaps": 21_953,  # TextCaps 0.1 train images
+    "journeydb": 4_189_737,  # JourneyDB train split
+    "diffusiondb": 14_000_000,  # DiffusionDB Large (the 2M variant: 2,000,000)
+    "coco": 40_504,  # COCO-2014 val
+}
+CAPTION_TOKENS = 77  # text tokens per caption, for the FLOP count of a forward pass
+
+
+class OverBudget(RuntimeError):
+    """The plan costs more than cost.budget_usd; the message holds the plan."""
+
+
+@dataclass(frozen=True)
+class PlanLine:
+    step: str
+    item: str  # the stage or dataset the line covers
+    work: float  # images (or captions) to process
+    rate: float  # per second per device
+    devices: int
+    device_hours: float
+    cost_usd: float
+    basis: str  # where the rate comes from
+
+
+def _line(params: Params, step: str, item: str, work: float, rate: float, devices: int,
+          basis: str) -> PlanLine:
+    hours = work / rate / 3600.0  # device-hours: the work is shared by `devices`
+    return PlanLine(step, item, work, rate, devices, hours, hours * params.cost.rate, basis)
+
+
+def flops_rate(params: Params, flops_per_item: float) -> tuple[float, str]:
+    """Items per second per device at the assumed MFU, and how that was derived."""
+    cost = params.cost
+    peak = cost.peak_tflops.get(cost.gpu_type)
+    if peak is None:
+        raise ValueError(f"cost.peak_tflops has no entry for {cost.gpu_type!r}: add its dense "
+                         "peak TFLOP/s or a measured cost.throughput")
+    rate = peak * 1e12 * cost.mfu / flops_per_item
+    return rate, (f"model FLOPs ({flops_per_item / 1e9:.1f} GFLOP each) at MFU {cost.mfu:g} of "
+                  f"{peak:g} TFLOP/s")
+
+
+def measured(params: Params, key: str) -> tuple[float, str] | None:
+    rate = params.cost.throughput.get(key)
+    return (rate, f"measured {rate:g}/s per device (cost.throughput.{key})") if rate else None
+
+
+def train_lines(params: Params) -> list[PlanLine]:
+    from tasks.train.loop import model_config
+
+    tp = params.train
+    lines = []
+    for stage in tp.stages:
+        images = stage.steps * tp.global_batch
+        # A training step is a forward and a backward pass: about 3x the forward FLOPs.
+        flops = 3 * forward_flops(model_config(tp, stage), stage.mask_ratio, CAPTION_TOKENS)
+        rate, basis = measured(params, stage.name) or flops_rate(params, flops)
+        lines.append(_line(params, "train", stage.name, images, rate, tp.world, basis))
+    return lines
+
+
+def mirror_images(dataset: str) -> int:
+    """Images the local mirror generates for a dataset (the demo's sources)."""
+    from infra.mirror.corpus import CorpusSize
+
+    size = CorpusSize()
+    return {"cc3m": size.cc3m, "sa1b": size.sa1b_archives * size.sa1b_per_archive,
+            "textcaps": size.textcaps,
+            "journeydb": size.journeydb_archives * size.journeydb_per_archive,
+            "diffusiondb": size.diffusiondb_parts * size.diffusiondb_per_part,
+            "coco": size.coco}[dataset]
+
+
+def source_images(params: Params, dataset: str) -> float:
+    source = params.download.source(dataset)
+    from_mirror = any("{mirror}" in str(v) for v in vars(source).values())
+    published = mirror_images(dataset) if from_mirror else DATASET_IMAGES[dataset]
+    images = published * source.fraction
+    return min(images, source.max_samples) if source.max_samples else images
+
+
+def data_lines(params: Params) -> list[PlanLine]:
+    from tasks.encode.run import encoded_datasets
+
+    lines = []
+    if params.caption.enabled and params.caption.source == "llava":
+        for dataset in params.caption.datasets:
+            if dataset in params.download.enabled():
+                rate = measured(params, "caption")
+                if rate is None:
+                    lines.append(PlanLine("caption", dataset, source_images(params, dataset), 0,
+                                          1, 0.0, 0.0, "not projected: no cost.throughput."
+                                          "caption measured"))
+                else:
+                    lines.append(_line(params, "caption", dataset,
+                                       source_images(params, dataset), *rate[:1], 1, rate[1]))
+    encode_rate = measured(params, "encode")
+    for dataset in encoded_datasets(params):
+        if dataset not in params.download.enabled():
+            continue
+        images = source_images(params, dataset)
+        if encode_rate is None:
+            lines.append(PlanLine("encode", dataset, images, 0, 1, 0.0, 0.0,
+                                  "not projected: no cost.throughput.encode measured"))
+        else:
+            lines.append(_line(params, "encode", dataset, images, encode_rate[0], 1,
+                               encode_rate[1]))
+    return lines
+
+
+def evaluate_lines(params: Params) -> list[PlanLine]:
+    from tasks.evaluate.step import score_plan
+    from tasks.train.loop import model_config
+
+    if not params.evaluate.enabled:
+        return []
+    lines = []
+    for name, scored in score_plan(params):
+        ev = scored.evaluate
+        stage = params.train.stage(name)
+        # Heun: two network calls per step; guidance doubles each call (cond + uncond).
+        calls = 2 * ev.steps * (2 if ev.guidance > 1.0 else 1)
+        flops = calls * forward_flops(model_config(params.train, stage), 0.0, CAPTION_TOKENS)
+        rate, basis = measured(params, f"evaluate.{name}") or flops_rate(params, flops)
+        lines.append(_line(params, "evaluate", name, ev.num_samples, rate, 1,
+                           basis + " (generation only)"))
+    return lines
+
+
+def plan(params: Params) -> list[PlanLine]:
+    return data_lines(params) + train_lines(params) + evaluate_lines(params)
+
+
+def totals(lines: list[PlanLine]) -> dict[str, float]:
+    return {"device_hours": sum(p.device_hours for p in lines),
+            "cost_usd": sum(p.cost_usd for p in lines)}
+
+
+def by_step(lines: list[PlanLine]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for line in lines:
+        row = out.setdefault(line.step, {"device_hours": 0.0, "cost_usd": 0.0})
+        row["device_hours"] += line.device_hours
+        row["cost_usd"] += line.cost_usd
+    return out
+
+
+def render(params: Params, lines: list[PlanLine]) -> str:
+    cost = params.cost
+    out = [f"plan of profile {params.profile} ({cost.gpu_type} at "
+           f"${cost.rate:g}/device-hour)",
+           f"{'step':<9} {'item':<12} {'work':>14} {'rate/s':>9} {'devices':>7} "
+           f"{'dev-hours':>10} {'USD':>10}  basis"]
+    for p in lines:
+        rate = f"{p.rate:9.1f}" if p.rate else f"{'-':>9}"
+        out.append(f"{p.step:<9} {p.item:<12} {p.work:>14,.0f} {rate} {p.devices:>7} "
+                   f"{p.device_hours:>10.4f} {p.cost_usd:>10.4f}  {p.basis}")
+    total = totals(lines)
+    budget = f" of a ${cost.budget_usd:,.2f} budget" if cost.budget_usd else ""
+    out.append(f"{'total':<9} {'':<12} {'':>14} {'':>9} {'':>7} {total['device_hours']:>10.4f} "
+               f"{total['cost_usd']:>10.4f}{budget}")
+    return "\n".join(out)
+
+
+def check_budget(params: Params, allow_over_budget: bool = False) -> dict[str, Any]:
+    """The plan as a dict; raises OverBudget (with the plan) when it exceeds the budget."""
+    lines = plan(params)
+    total = totals(lines)
+    budget = params.cost.budget_usd
+    if budget is not None and total["cost_usd"] > budget and not allow_over_budget:
+        raise OverBudget(f"the plan costs ${total['cost_usd']:,.2f}, over cost.budget_usd "
+                         f"${budget:,.2f}; raise the budget or run with allow_over_budget\n"
+                         + render(params, lines))
+    return {"lines": [asdict(p) for p in lines], "by_step": by_step(lines), **total}

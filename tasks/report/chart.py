@@ -1,0 +1,42 @@
+"""Where the money went: a bar chart of each step's cost, actual beside planned."""
+
+from __future__ import annotations
+
+import io
+
+from tasks.report.ledger import LedgerRow
+
+
+def cost_chart(rows: list[LedgerRow], planned: dict[str, dict[str, float]]) -> bytes:
+    """PNG bytes: one pair of bars per step (actual, planned), in US dollars."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render straight to a PNG buffer
+    from matplotlib import pyplot as plt
+
+    steps = [r.step for r in rows]
+    actual = [r.cost_usd for r in rows]
+    plan = [planned.get(s, {}).get("cost_usd", 0.0) for s in steps]
+    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
+    x = range(len(steps))
+    ax.bar([i - 0.2 for i in x], actual, width=0.4, label="actual")
+    ax.bar([i + 0.2 for i in x], plan, width=0.4, label="planned")
+    ax.set_xticks(list(x), steps)
+    ax.set_ylabel("USD")
+    ax.set_title(f"cost per step: ${sum(actual):,.4g} actual, ${sum(plan):,.4g} planned")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def planned_markdown(rows: list[LedgerRow], planned: dict[str, dict[str, float]]) -> str:
+    lines = ["| step | planned device-hours | actual device-hours | planned USD | actual USD |",
+             "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        p = planned.get(r.step, {})
+        lines.append(f"| {r.step} | {p.get('device_hours', 0.0):.4f} | {r.device_hours:.4f} | "
+                     f"{p.get('cost_usd', 0.0):.4f} | {r.cost_usd:.4f} |")
+    return "\n".join(lines)

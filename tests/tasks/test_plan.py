@@ -1,0 +1,80 @@
+"""`python -m tasks plan`: the arithmetic of the projected bill, checked by hand and against the
+paper's figures (reference.md: 504 H100-hours, $1,890; the reference's 1,107 images/s at stage
+1), and the refusal of a run whose plan exceeds cost.budget_usd."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from model.config import preset
+from model.flops import forward_flops
+from tasks.cli import main
+from tasks.plan import OverBudget, by_step, check_budget, plan, totals
+from tasks.params import load_params
+
+
+def _lines(params):
+    return {(p.step, p.item): p for p in plan(params)}
+
+
+def test_stage_hours_follow_from_images_and_throughput():
+    full = load_params(profile="full")
+    lines = _lines(full)
+    stage1 = lines[("train", "stage1")]
+    # 250,000 steps x 2,048 images at the reference's 1,107 images/s per H100.
+    assert stage1.work == 250_000 * 2048
+    assert stage1.device_hours == pytest.approx(250_000 * 2048 / 1107 / 3600)
+    assert stage1.device_hours == pytest.approx(128.48, abs=0.01)
+    assert stage1.cost_usd == pytest.approx(stage1.device_hours * 3.75)
+    assert "measured" in stage1.basis
+    # Stage 4 from FLOPs: 3 x forward FLOPs of the unmasked 512 px model at the stated MFU.
+    stage4 = lines[("train", "stage4")]
+    flops = 3 * forward_flops(preset("XL_2", input_size=64, pos_interp_scale=2.0), 0.0, 77)
+    assert stage4.rate == pytest.approx(989e12 * 0.316 / flops)
+    assert stage4.device_hours == pytest.approx(5_000 * 2048 / stage4.rate / 3600)
+    assert "MFU 0.316" in stage4.basis
+
+
+def test_training_plan_beside_the_papers_figure():
+    """The paper's 504 H100-hours ($1,890) for the four stages; our plan of the same stage table
+    at the reference's own throughput (stages 1-2 measured, 3-4 at its stage-1 MFU) is lower:
+    the paper's figure holds what a single-GPU step time leaves out (multi-GPU scaling, data
+    loading, evaluation). The test pins both numbers so the comparison in README stays true."""
+    full = load_params(profile="full")
+    train = [p for p in plan(full) if p.step == "train"]
+    hours = sum(p.device_hours for p in train)
+    assert hours == pytest.approx(290.0, abs=1.0)
+    assert 504 * 3.75 == pytest.approx(1890.0)
+    assert hours / 504 == pytest.approx(0.575, abs=0.01)
+    # The MFU that would make the four stages cost the paper's 504 H100-hours.
+    flops_only = dataclasses.replace(full, cost=dataclasses.replace(full.cost, throughput={}))
+    at_316 = sum(p.device_hours for p in plan(flops_only) if p.step == "train")
+    assert 0.316 * at_316 / 504 == pytest.approx(0.183, abs=0.005)
+
+
+def test_plan_totals_and_the_budget_refusal(capsys):
+    full = load_params(profile="full")
+    result = check_budget(full)  # within its $3,000 budget
+    assert result["cost_usd"] == pytest.approx(totals(plan(full))["cost_usd"])
+    assert set(result["by_step"]) == {"caption", "encode", "train", "evaluate"}
+    tight = dataclasses.replace(full, cost=dataclasses.replace(full.cost, budget_usd=1000.0))
+    with pytest.raises(OverBudget, match=r"the plan costs \$2,5\d\d\.\d\d, over cost.budget_usd "
+                                         r"\$1,000\.00") as err:
+        check_budget(tight)
+    assert "train     stage1" in str(err.value)  # the plan is in the error
+    assert check_budget(tight, allow_over_budget=True)["cost_usd"] > 1000
+    assert by_step(plan(full))["train"]["device_hours"] == pytest.approx(
+        sum(p.device_hours for p in plan(full) if p.step == "train"))
+    assert main(["plan", "--profile", "full"]) == 0
+    out = capsys.readouterr().out
+    assert "stage1" in out and "of a $3,000.00 budget" in out
+
+
+def test_demo_plan_counts_the_mirror_not_the_published_sizes():
+    demo = load_params(profile="demo")
+    lines = _lines(demo)
+    assert lines[("encode", "cc3m")].work == 60  # the mirror's CC3M, not 3.3M rows
+    assert lines[("encode", "cc3m")].basis.startswith("not projected")
+    assert lines[("train", "stage1")].work == 8 * 8
