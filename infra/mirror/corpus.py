@@ -195,6 +195,10 @@ def sa1b(root: Path, rng: random.Random, archives: int, per_archive: int) -> Non
     links.append(f"sa_{archives:06d}.tar\t{TOKEN}/sa1b/expired/sa_{archives:06d}.tar")
     write(root / "sa1b/links.txt", ("\n".join(links) + "\n").encode())
     write(root / "sa1b/captions.jsonl", ("\n".join(captions) + "\n").encode())
+    # The same captions as PixArt-alpha/SAM-LLaVA-Captions10M ships them: sa_<id>.txt files.
+    members = [(f"{json.loads(c)['image_id']}.txt", json.loads(c)["caption"].encode())
+               for c in captions]
+    write(root / "sa1b/SA1B_caption.tar.gz", tar_bytes(members, gzip=True))
 
 
 def textcaps(root: Path, rng: random.Random, n: int, split: str = "train") -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import tarfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from tasks.caption.config import CaptionParams
 from tasks.caption.text import clean, garbage_reason
 from tasks.caption.keys import caption_key, sidecar_uri
 from tasks.common.shards import iter_shard, read_manifest
-from tasks.download.fetch import read_bytes
+from tasks.download.fetch import open_stream, read_bytes
 from tasks.encode.preprocess import decode_image
 from tasks.params import Params
 
@@ -134,9 +135,28 @@ def caption_with_llava(captioner: Any, pending: Pending, params: CaptionParams,
                 result.failed[pending.keys[i]] = reason
 
 
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def caption_tar(location: str, timeout_s: float) -> dict[str, str]:
+    """PixArt-alpha/SAM-LLaVA-Captions10M's form: a tar.gz of sa_<id>.txt, one caption each,
+    read as a stream (tar mode r|*), so the 2.2 GB archive is never unpacked to disk."""
+    out = {}
+    with open_stream(location, timeout_s) as stream, \
+            tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".txt"):
+                text = tar.extractfile(member).read().decode("utf-8", "replace")
+                out[image_id(member.name)] = text.strip()
+    return out
+
+
 @functools.lru_cache(maxsize=2)
 def caption_file(location: str, timeout_s: float = 60.0) -> dict[str, str]:
-    """A published caption file as {image id: caption}: a JSON object or JSONL records."""
+    """A published caption file as {image id: caption}: a JSON object, JSONL records, or a
+    tar(.gz) of one <image>.txt per caption."""
+    if location.lower().endswith(TAR_SUFFIXES):
+        return caption_tar(location, timeout_s)
     data = read_bytes(location, timeout_s).decode("utf-8", "replace")
     try:
         records = json.loads(data)

@@ -403,6 +403,26 @@ def is_placeholder_url(url: str) -> bool:
     return any(name.startswith(p) for p in PLACEHOLDER_NAMES)
 
 
+def open_stream(location: str, timeout_s: float):
+    """A binary stream of a source read front to back, never staged on disk (an HTTP body, a
+    local file; an S3 object is read into memory)."""
+    url = resolve(location)
+    try:
+        if url.startswith("s3://"):
+            import io
+
+            return io.BytesIO(s3.get_bytes(url))
+        if urlparse(url).scheme in ("http", "https"):
+            return OPENER.open(request(url), timeout=timeout_s)
+        return open(url, "rb")
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise AccessDenied(err.code, url) from err
+        raise FetchError(reason_from_exception(err), f"{url}: {err}") from err
+    except (OSError, http.client.HTTPException) as err:
+        raise FetchError(reason_from_exception(err), f"{url}: {err}") from err
+
+
 def read_bytes(location: str, timeout_s: float) -> bytes:
     """The whole content of a source file (annotations, link lists, metadata)."""
     return Transfer(timeout_s=timeout_s, policy=RetryPolicy(retries=0)).read_bytes(location)

@@ -93,3 +93,11 @@ def test_textcaps_flickr_placeholder_is_a_counted_skip(demo_params):
     assert summary["failed"]["placeholder"] == 1
     for files in _samples(summary).values():
         assert Image.open(io.BytesIO(files["jpg"])).size != (500, 374)
+
+
+def test_sa1b_caption_tar_is_streamed_like_the_published_release(mirror):
+    from tasks.caption.run import caption_file
+
+    from_tar = caption_file(f"{mirror}/sa1b/SA1B_caption.tar.gz")
+    assert from_tar == caption_file(f"{mirror}/sa1b/captions.jsonl")
+    assert "3" not in from_tar and from_tar["2"] == "" and from_tar["1"]
