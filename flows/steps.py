@@ -68,12 +68,11 @@ def encode(params: Params, parent_run_id: str | None) -> dict[str, Any]:
 
 
 def train(params: Params, parent_run_id: str | None) -> dict[str, Any]:
-    from tasks.train.step import train_stage
+    from tasks.train.step import export_task, summarize, train_stage
 
-    from tasks.train.step import summarize
-
-    return summarize({stage.name: train_stage(params, stage.name, parent_run_id)
-                      for stage in params.train.stages})
+    summary = summarize({stage.name: train_stage(params, stage.name, parent_run_id)
+                         for stage in params.train.stages})
+    return {**summary, "diffusers": export_task(params)}
 
 
 def evaluate(params: Params, parent_run_id: str | None) -> dict[str, Any]:

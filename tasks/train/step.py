@@ -17,6 +17,7 @@ from typing import Any
 
 from prefect import task
 
+from infra import s3
 from infra.settings import REPO_ROOT
 from tasks.params import Params, dump_params
 from tasks.train import checkpoint, keys
@@ -78,6 +79,26 @@ def final_checkpoint(params: Params) -> str:
     return pointer.uri
 
 
+def export_model(params: Params) -> str:
+    """The finished run's EMA weights as a diffusers pipeline next to the last stage's
+    checkpoint (`<checkpoint>/diffusers/`); kept if already there (the checkpoint is keyed)."""
+    from tasks.export.export import EXPORT_SUBFOLDER, export_next_to
+
+    last = params.train.stages[-1].name
+    pointer = checkpoint.latest(keys.stage_prefix(params, last))
+    if pointer is None:
+        raise FileNotFoundError(f"no checkpoint of {last} to export: run the train step first")
+    target = s3.join(pointer.uri, EXPORT_SUBFOLDER)
+    if s3.exists(s3.join(target, "model_index.json")):
+        return target
+    return export_next_to(pointer.uri, params)
+
+
+@task(retries=1, retry_delay_seconds=10, task_run_name="export-diffusers", tags=["gpu"])
+def export_task(params: Params) -> str:
+    return export_model(params)
+
+
 def summarize(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Stage summaries plus what the report prices: the devices held and for how long (each
     stage's process wall time, not just its training loop)."""
@@ -87,4 +108,5 @@ def summarize(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(params: Params) -> dict[str, Any]:
-    return summarize({s.name: run_stage(params, s.name) for s in params.train.stages})
+    summary = summarize({s.name: run_stage(params, s.name) for s in params.train.stages})
+    return {**summary, "diffusers": export_model(params)}

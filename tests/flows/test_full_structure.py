@@ -78,6 +78,9 @@ def test_full_profile_structure_runs_through_the_flow(pipeline_services):
         if spec.min_short_side:
             assert stage["below_min_short_side"] > 0
     assert len(seeds) == 4  # each stage its own data order
+    # The finished run as a diffusers pipeline next to the last stage's checkpoint.
+    assert envelopes["train"]["diffusers"] == stages["stage4"]["checkpoint"] + "/diffusers"
+    assert s3.exists(envelopes["train"]["diffusers"] + "/model_index.json")
 
     # Evaluation scored the final stage at its resolution.
     evaluation = envelopes["evaluate"]
