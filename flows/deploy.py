@@ -18,11 +18,12 @@ from prefect import flow  # noqa: E402
 
 
 def deploy_pool(pool: str) -> list[str]:
-    """The step flow and the units flow on one work pool, both named after it."""
+    """The step, units and node flows on one work pool, each deployment named after it."""
     source = str(REPO_ROOT)
     return [str(flow.from_source(source, entrypoint).deploy(
                 name=pool, work_pool_name=pool, print_next_steps=False))
-            for entrypoint in ("flows/steps.py:run_step", "flows/units.py:run_units")]
+            for entrypoint in ("flows/steps.py:run_step", "flows/units.py:run_units",
+                               "flows/nodes.py:train_node")]
 
 
 def deploy() -> list[str]:

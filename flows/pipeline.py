@@ -21,14 +21,20 @@ from tasks.plan import render as render_plan
 from tasks.params import load_params
 from tasks.report.ledger import GPU_STEPS, STEPS
 from tasks.report.step import report_pipeline
-from tasks.report.tracking import fail_pipeline_run, start_pipeline_run
+from tasks.report.tracking import fail_pipeline_run, start_pipeline_run, supersede_stale_runs
 
 STEP_FLOW = "micro-budget-step"
 
 
 @task(retries=2, retry_delay_seconds=5)
-def open_pipeline_run(profile: str | None, params_path: str | None, name: str) -> str:
-    return start_pipeline_run(load_params(params_path, profile), name, tags={"driver": "prefect"})
+def open_pipeline_run(profile: str | None, params_path: str | None, name: str,
+                      folder: str) -> tuple[str, list[dict[str, str]]]:
+    """The parent MLflow run of this attempt, and the earlier attempts it supersedes."""
+    params = load_params(params_path, profile)
+    run_id = start_pipeline_run(params, name, tags={"driver": "prefect",
+                                                    "pipeline_folder": folder,
+                                                    "prefect_flow_run": str(flow_run.get_id())})
+    return run_id, supersede_stale_runs(params, run_id)
 
 
 def run_step_on_pool(step: str, envelope_uri: str, profile: str | None,
@@ -62,14 +68,16 @@ def pipeline(profile: str | None = None, params_path: str | None = None,
     if unknown:
         raise ValueError(f"unknown steps {unknown}; steps: {list(STEPS)}")
     name = flow_run.get_name() or "local"
-    parent = open_pipeline_run(profile, params_path, f"{params.profile}-{name}")
     folder = params.storage.uri(params.storage.pipeline_prefix, flow_run.get_id() or name)
+    parent, previous = open_pipeline_run(profile, params_path, f"{params.profile}-{name}",
+                                         folder)
     envelopes, current = [], "budget"
     try:
         check_budget(params, allow_over_budget)
         for step in (s for s in STEPS if s in chosen):
             current = step
-            logger.info("step %s starting", step)
+            logger.info("step %s starting (%d of %d)", step, chosen.index(step) + 1,
+                        len(chosen))
             envelopes.append(run_step_on_pool(step, f"{folder}/{step}.json", profile,
                                               params_path, parent))
             logger.info("step %s done in %.1f s", step, envelopes[-1]["seconds"])
@@ -77,6 +85,6 @@ def pipeline(profile: str | None = None, params_path: str | None = None,
         # The MLflow parent run ends FAILED with the step that stopped it, never RUNNING.
         fail_pipeline_run(parent, current, str(err))
         raise
-    result = report_pipeline(params, envelopes, parent)
+    result = report_pipeline(params, envelopes, parent, previous)
     print(result["markdown"])
     return {k: v for k, v in result.items() if k != "markdown"}

@@ -70,7 +70,11 @@ def encode(params: Params, parent_run_id: str | None) -> dict[str, Any]:
 def train(params: Params, parent_run_id: str | None) -> dict[str, Any]:
     from tasks.train.step import export_task, summarize, train_stage
 
-    summary = summarize({stage.name: train_stage(params, stage.name, parent_run_id)
+    if params.train.nodes > 1:
+        from flows.nodes import train_stage_on_nodes as run  # one flow run per other node
+    else:
+        run = train_stage
+    summary = summarize({stage.name: run(params, stage.name, parent_run_id)
                          for stage in params.train.stages})
     return {**summary, "diffusers": export_task(params)}
 

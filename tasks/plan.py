@@ -65,7 +65,7 @@ def flops_rate(params: Params, flops_per_item: float) -> tuple[float, str]:
 
 def measured(params: Params, key: str) -> tuple[float, str] | None:
     rate = params.cost.throughput.get(key)
-    return (rate, f"measured {rate:g}/s per device (cost.throughput.{key})") if rate else None
+    return (rate, f"given {rate:g}/s per device (cost.throughput.{key})") if rate else None
 
 
 def train_lines(params: Params) -> list[PlanLine]:

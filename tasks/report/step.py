@@ -63,9 +63,35 @@ def report(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str) 
 
 
 @task(name="report", retries=2, retry_delay_seconds=10)
-def report_pipeline(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str
-                    ) -> dict[str, Any]:
+def previous_costs(params: Params, previous: list[dict[str, str]]) -> dict[str, float]:
+    """What the superseded attempts spent: the ledger of the steps they finished."""
+    from infra import s3
+
+    envelopes = [s3.get_json(f"{attempt['folder']}/{step}.json")
+                 for attempt in previous if attempt.get("folder")
+                 for step in STEPS if s3.exists(f"{attempt['folder']}/{step}.json")]
+    total = totals(ledger(envelopes, params.cost))
+    return {"attempts": len(previous), "cost_usd": total["cost_usd"],
+            "device_hours": total["device_hours"]}
+
+
+def report_pipeline(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str,
+                    previous: list[dict[str, str]] | None = None) -> dict[str, Any]:
     result = report(params, envelopes, parent_run_id)
+    if previous:
+        # Killed attempts of the same pipeline: their cost adds up here, in one place.
+        earlier = previous_costs(params, previous)
+        client = MlflowClient(tracking_uri=mlflow_uri())
+        client.log_metric(parent_run_id, "cost_usd_all_attempts",
+                          result["totals"]["cost_usd"] + earlier["cost_usd"])
+        client.log_metric(parent_run_id, "device_hours_all_attempts",
+                          result["totals"]["device_hours"] + earlier["device_hours"])
+        result["previous_attempts"] = {**earlier, "runs": [p["run_id"] for p in previous]}
+        result["markdown"] += (f"\n{earlier['attempts']} earlier attempt(s) of this pipeline "
+                               f"were killed; they spent ${earlier['cost_usd']:.4f} "
+                               f"({earlier['device_hours']:.4f} device-hours), so far "
+                               f"${result['totals']['cost_usd'] + earlier['cost_usd']:.4f} "
+                               "in all.\n")
     create_markdown_artifact(key="pipeline-report", markdown=result["markdown"],
                              description="micro-budget pipeline: datasets, cost, FID")
     return result

@@ -42,15 +42,65 @@ def experiment_id(client: MlflowClient) -> str:
     return found.experiment_id
 
 
+def params_hash(params: Params) -> str:
+    from tasks.common.keys import digest
+
+    return digest(to_dict(params))
+
+
 def start_pipeline_run(params: Params, name: str, tags: dict[str, str] | None = None) -> str:
     """Create the parent run (left open until finish_pipeline_run); returns its id."""
     client = _client()
     run = client.create_run(experiment_id(client), run_name=name,
-                            tags={"profile": params.profile, "kind": "pipeline", **(tags or {})})
+                            tags={"profile": params.profile, "kind": "pipeline",
+                                  "params_hash": params_hash(params), **(tags or {})})
     for key, value in flatten(to_dict(params)).items():
         # MLflow caps a param value at 6000 characters; params.yaml values are far shorter.
         client.log_param(run.info.run_id, key, str(value)[:500])
     return run.info.run_id
+
+
+def supersede_stale_runs(params: Params, run_id: str) -> list[dict[str, str]]:
+    """Earlier attempts of the same pipeline left RUNNING (a killed driver never closes its
+    run): mark them KILLED with the last step they finished, link them from `run_id`, and
+    return them ({run_id, folder}) so the report can add their cost to this attempt's."""
+    client = _client()
+    current = client.get_run(run_id)
+    stale = client.search_runs(
+        [current.info.experiment_id],
+        filter_string=(f"tags.kind = 'pipeline' and tags.params_hash = '{params_hash(params)}' "
+                       "and attributes.status = 'RUNNING'"))
+    out = []
+    for run in stale:
+        if run.info.run_id == run_id:
+            continue
+        folder = run.data.tags.get("pipeline_folder", "")
+        done = [step for step in ("download", "caption", "encode", "train", "evaluate")
+                if folder and _exists(f"{folder}/{step}.json")]
+        client.set_tag(run.info.run_id, "stopped_at", f"after {done[-1]}" if done else "start")
+        client.set_tag(run.info.run_id, "superseded_by", run_id)
+        client.set_terminated(run.info.run_id, status="KILLED")
+        out.append({"run_id": run.info.run_id, "folder": folder})
+        out += _earlier_attempts(client, run)
+    if out:
+        client.set_tag(run_id, "previous_attempts", ",".join(r["run_id"] for r in out))
+    return out
+
+
+def _earlier_attempts(client: MlflowClient, run: Any) -> list[dict[str, str]]:
+    """The attempts an attempt had itself superseded, all the way back."""
+    out = []
+    for run_id in filter(None, run.data.tags.get("previous_attempts", "").split(",")):
+        earlier = client.get_run(run_id)
+        out.append({"run_id": run_id, "folder": earlier.data.tags.get("pipeline_folder", "")})
+        out += _earlier_attempts(client, earlier)
+    return out
+
+
+def _exists(uri: str) -> bool:
+    from infra import s3
+
+    return s3.exists(uri)
 
 
 def log_step_run(parent_id: str, row: LedgerRow, result: dict[str, Any]) -> str:

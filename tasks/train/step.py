@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,43 +26,77 @@ from tasks.params import Params, dump_params
 from tasks.train import checkpoint, keys
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where node 0's torchrun hosts the rendezvous store (published to the other nodes)."""
+
+    host: str
+    port: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def node_address() -> str:
+    """This node's address as the others reach it: MB_NODE_ADDR, else its hostname's."""
+    return os.environ.get("MB_NODE_ADDR") or socket.gethostbyname(socket.gethostname())
+
+
 def launch_command(params: Params, stage: str, summary: Path, parent_run_id: str | None,
-                   params_path: Path) -> list[str]:
-    """The child's command line; `params_path` holds the resolved params (see dump_params)."""
+                   params_path: Path, node_rank: int = 0,
+                   endpoint: Endpoint | None = None) -> list[str]:
+    """The child's command line; `params_path` holds the resolved params (see dump_params).
+
+    One process, or torchrun with gpus_per_node processes on each of train.nodes nodes that
+    meet at `endpoint` (node 0's store; a free local port when there is one node)."""
     tp = params.train
     args = ["-m", "tasks.train.launch", "--stage", stage, "--profile", params.profile,
             "--summary", str(summary), "--params", str(params_path)]
     if parent_run_id:
         args += ["--parent-run-id", parent_run_id]
-    if tp.gpus_per_node * tp.nodes == 1:
+    if tp.world == 1:
         return [sys.executable, *args]
-    # Multi-node: MB_MASTER_ADDR/MB_NODE_RANK come from the cluster (one worker per node).
+    endpoint = endpoint or Endpoint("127.0.0.1", free_port())
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={tp.gpus_per_node}",
-            f"--nnodes={tp.nodes}", f"--node_rank={os.environ.get('MB_NODE_RANK', '0')}",
-            f"--master_addr={os.environ.get('MB_MASTER_ADDR', '127.0.0.1')}",
-            f"--master_port={os.environ.get('MB_MASTER_PORT', '29511')}", *args]
+            f"--nnodes={tp.nodes}", f"--node_rank={node_rank}", f"--master_addr={endpoint.host}",
+            f"--master_port={endpoint.port}", *args]
 
 
-def run_stage(params: Params, stage: str, parent_run_id: str | None = None) -> dict[str, Any]:
+def run_stage(params: Params, stage: str, parent_run_id: str | None = None, node_rank: int = 0,
+              endpoint: Endpoint | None = None) -> dict[str, Any]:
     """Train one stage in a child process; returns its summary (losses left out).
 
     The child gets the params this process resolved, written to a file, never a path of its
-    own choosing: a stage must train what the caller configured."""
+    own choosing: a stage must train what the caller configured. On a node other than 0 the
+    summary is what this node held: its wall time and peak memory."""
+    if params.train.nodes > 1 and endpoint is None:
+        raise RuntimeError(f"train.nodes is {params.train.nodes}: a multi-node stage runs through "
+                           "the flow (one gpu worker per node), not from the command line")
     with tempfile.TemporaryDirectory() as tmp:
         summary = Path(tmp) / "summary.json"
         resolved = dump_params(params, Path(tmp) / "params.yaml")
-        cmd = launch_command(params, stage, summary, parent_run_id, resolved)
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        cmd = launch_command(params, stage, summary, parent_run_id, resolved, node_rank,
+                             endpoint)
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MB_NODE_RANK": str(node_rank)}
         started = time.monotonic()
         done = subprocess.run(cmd, cwd=REPO_ROOT, env=env)
         # What the devices were held for: process start to exit, start-up, data waits,
         # compile, checkpoint uploads and the sample grid included.
         held = time.monotonic() - started
         if done.returncode != 0:
-            raise RuntimeError(f"training stage {stage} exited with {done.returncode}; rerun to "
-                               "resume from its latest checkpoint")
+            raise RuntimeError(f"training stage {stage} exited with {done.returncode} on node "
+                               f"{node_rank}; rerun to resume from its latest checkpoint")
+        node = {"node_rank": node_rank, "host": socket.gethostname(),
+                "held_seconds": round(held, 3), "peak_rss_gib": round(
+                    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20, 3)}
+        if node_rank != 0:
+            return node
         result = json.loads(summary.read_text())
-    result["held_seconds"] = round(held, 3)
+    result["held_seconds"] = node["held_seconds"]
+    result["nodes"] = [node]
     result["loss_curve_points"] = len(result.pop("losses", []))
     return result
 

@@ -10,11 +10,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
 from prefect import get_client
 from prefect.deployments import run_deployment
 
 from flows.deploy import deploy
 from infra import s3, services
+from infra.settings import mlflow_uri
 from tasks.common.shards import iter_shard, read_manifest
 from tasks.params import load_params
 from tasks.train import checkpoint, keys
@@ -138,3 +140,17 @@ def test_demo_pipeline_survives_killed_workers_in_every_phase(pipeline_services)
         v for k, v in sa1b.items() if k.startswith("failed_"))
     evaluation = s3.get_json(f"{folder}/evaluate.json")["result"]
     assert evaluation["fid"] > 0 and "/stage2-" in evaluation["checkpoint"]
+
+    # No MLflow run left RUNNING: each killed attempt ends KILLED, superseded by the next, and
+    # the final run adds up what all of them spent.
+    client = MlflowClient(tracking_uri=mlflow_uri())
+    final_run = client.search_runs(
+        [client.get_experiment_by_name("micro-budget").experiment_id],
+        filter_string=f"tags.prefect_flow_run = '{final.id}'")[0]
+    earlier = final_run.data.tags["previous_attempts"].split(",")
+    assert len(earlier) == 3
+    for run_id in earlier:
+        attempt = client.get_run(run_id)
+        assert attempt.info.status == "KILLED" and attempt.data.tags["stopped_at"]
+    metrics = final_run.data.metrics
+    assert metrics["cost_usd_all_attempts"] > metrics["cost_usd"] > 0

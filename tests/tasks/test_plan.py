@@ -28,7 +28,7 @@ def test_stage_hours_follow_from_images_and_throughput():
     assert stage1.device_hours == pytest.approx(250_000 * 2048 / 1107 / 3600)
     assert stage1.device_hours == pytest.approx(128.48, abs=0.01)
     assert stage1.cost_usd == pytest.approx(stage1.device_hours * 3.75)
-    assert "measured" in stage1.basis
+    assert stage1.basis.startswith("given 1107/s")
     # Stage 4 from FLOPs: 3 x forward FLOPs of the unmasked 512 px model at the stated MFU.
     stage4 = lines[("train", "stage4")]
     flops = 3 * forward_flops(preset("XL_2", input_size=64, pos_interp_scale=2.0), 0.0, 77)
