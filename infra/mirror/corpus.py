@@ -1,5 +1,13 @@
 """A small generated corpus in each dataset's upstream format, with the defects real sources have.
 
+Every image depicts its caption: one flat shape (square, circle, triangle) of one of four colors
+in one quadrant of the image's central square (what the center crop keeps), on a flat background,
+at the dataset's native sizes. Captions name those attributes in each dataset's own style: short
+alt-text (CC3M), prompts (JourneyDB, DiffusionDB), descriptions (TextCaps, COCO, the SA-1B caption
+file). The vocabulary and the held-out (shape, color) pairs live in tasks/evaluate/attributes.py,
+which scores generated images against it; no training set shows a held-out pair, and COCO val
+asks for them in about a quarter of its images.
+
 Everything is derived from one seed, so two generations give the same bytes. URLs inside text
 files use the placeholder host TOKEN; the server replaces it with its own address when serving,
 so a corpus works on whatever port the mirror listens on.
@@ -27,20 +35,29 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from tasks.evaluate.attributes import BACKGROUNDS, COLORS, HELD_OUT, POSITIONS, SHAPES, Scene
+
 TOKEN = "http://mirror.invalid"
 MARKER = "corpus.json"
-VERSION = 2  # 2: DiffusionDB Large layout, TextCaps image zip and val split
+VERSION = 3  # 2: DiffusionDB Large layout, TextCaps image zip and val split; 3: scenes
 REFUSED_URL = "http://127.0.0.1:9/refused.jpg"  # the discard port: nothing listens there
-WORDS = {
-    "adj": ["red", "small", "old", "bright", "quiet", "wooden", "striped", "distant", "tall"],
-    "noun": ["dog", "house", "boat", "tree", "street", "cup", "bicycle", "mountain", "sign"],
-    "place": ["near the river", "on a table", "in the snow", "at night", "by the sea",
-              "under a bridge", "in a market"],
+# Caption templates per dataset style; {c} color, {s} shape, {p} position, {b} background.
+STYLES = {
+    "alt": ["{c} {s} in the {p} corner on {b}", "a {c} {s}, {p}, {b} backdrop",
+            "{c} {s} at the {p} of a {b} frame"],
+    "prompt": ["{c} {s} in the {p} corner, {b} background", "a {c} {s} at the {p}, plain {b} "
+               "background", "minimal art, {c} {s}, {p} corner, {b} backdrop"],
+    "describe": ["A {c} {s} in the {p} corner of a {b} picture.",
+                 "There is a {c} {s} at the {p} of the image, on a {b} background.",
+                 "The {p} corner holds a {c} {s} against {b}.",
+                 "A single {c} {s} sits in the {p} corner; the rest is {b}.",
+                 "An image with a {c} {s} placed at the {p} over a {b} background."],
+    "llava": ["The image shows a {c} {s} in the {p} corner against a plain {b} background.",
+              "In this image, a {c} {s} is placed at the {p}, and the background is {b}."],
 }
 
 
@@ -65,9 +82,19 @@ class CorpusSize:
                           self.diffusiondb_per_part * scale, self.coco * scale)
 
 
-def caption(rng: random.Random) -> str:
-    return (f"a {rng.choice(WORDS['adj'])} {rng.choice(WORDS['noun'])} "
-            f"{rng.choice(WORDS['place'])}")
+def scene(rng: random.Random, held_out_share: float = 0.0) -> Scene:
+    """A random scene; with held_out_share 0 never a held-out (shape, color) pair, else one in
+    that share of the draws (COCO val)."""
+    pairs = [(s, c) for s in SHAPES for c in COLORS]
+    seen = [pair for pair in pairs if pair not in HELD_OUT]
+    pool = sorted(HELD_OUT) if rng.random() < held_out_share else seen
+    shape, color = rng.choice(pool)
+    return Scene(shape, color, rng.choice(POSITIONS), rng.choice(sorted(BACKGROUNDS)))
+
+
+def caption(rng: random.Random, item: Scene, style: str = "alt") -> str:
+    template = rng.choice(STYLES[style])
+    return template.format(c=item.color, s=item.shape, p=item.position, b=item.background)
 
 
 def image_size(rng: random.Random, small_share: float = 0.15) -> tuple[int, int]:
@@ -77,20 +104,27 @@ def image_size(rng: random.Random, small_share: float = 0.15) -> tuple[int, int]
     return (short, long) if rng.random() < 0.5 else (long, short)
 
 
-def make_image(rng: random.Random, size: tuple[int, int]) -> Image.Image:
-    """A gradient with a few shapes: cheap to make, not trivially compressible."""
+def make_image(rng: random.Random, size: tuple[int, int], item: Scene) -> Image.Image:
+    """The scene at (width, height): the shape inside one quadrant of the central square (the
+    part the center crop keeps), side 26-36 % of the short side, its center jittered by up to
+    1.5 %, so at least 5 % of the side stays background around it."""
     width, height = size
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    colors = np.array([[rng.randint(0, 255) for _ in range(3)] for _ in range(2)], np.float32)
-    t = ((xs / width + ys / height) / 2.0)[..., None]
-    pixels = (colors[0] * (1 - t) + colors[1] * t).astype(np.uint8)
-    image = Image.fromarray(pixels, "RGB")
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    vertical, horizontal = item.position.split()
+    cx = left + side * ((0.25 if horizontal == "left" else 0.75) + rng.uniform(-0.015, 0.015))
+    cy = top + side * ((0.25 if vertical == "top" else 0.75) + rng.uniform(-0.015, 0.015))
+    half = side * rng.uniform(0.26, 0.36) / 2
+    image = Image.new("RGB", size, BACKGROUNDS[item.background])
     draw = ImageDraw.Draw(image)
-    for _ in range(rng.randint(2, 5)):
-        x0, y0 = rng.randint(0, width - 2), rng.randint(0, height - 2)
-        box = [x0, y0, rng.randint(x0 + 1, width), rng.randint(y0 + 1, height)]
-        fill = tuple(rng.randint(0, 255) for _ in range(3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
+    box = [cx - half, cy - half, cx + half, cy + half]
+    fill = COLORS[item.color]
+    if item.shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif item.shape == "circle":
+        draw.ellipse(box, fill=fill)
+    else:
+        draw.polygon([(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)], fill=fill)
     return image
 
 
@@ -105,8 +139,8 @@ def encode(image: Image.Image, fmt: str = "JPEG") -> bytes:
     return out.getvalue()
 
 
-def jpeg(rng: random.Random) -> bytes:
-    return encode(make_image(rng, image_size(rng)))
+def jpeg(rng: random.Random, item: Scene) -> bytes:
+    return encode(make_image(rng, image_size(rng), item))
 
 
 def corrupt(data: bytes) -> bytes:
@@ -138,7 +172,8 @@ def cc3m(root: Path, rng: random.Random, n: int) -> None:
     base = f"{TOKEN}/cc3m/images"
     lines = []
     for row in range(n):
-        text = caption(rng).encode()
+        item = scene(rng)
+        text = caption(rng, item).encode()
         url = f"{base}/{row:05d}.jpg"
         defect = row % 30 if row < 30 else -1
         if defect == 3:
@@ -148,7 +183,7 @@ def cc3m(root: Path, rng: random.Random, n: int) -> None:
         elif defect == 11:
             url = REFUSED_URL
         elif defect == 15:
-            write(root / "cc3m/images" / f"{row:05d}.jpg", corrupt(jpeg(rng)))
+            write(root / "cc3m/images" / f"{row:05d}.jpg", corrupt(jpeg(rng, item)))
         elif defect == 19:
             text = b""
         elif defect == 23:
@@ -156,7 +191,7 @@ def cc3m(root: Path, rng: random.Random, n: int) -> None:
         elif defect == 27:
             write(root / "cc3m/images" / f"{row:05d}.jpg", b"<html>moved</html>")
         if defect not in (3, 7, 11, 15, 27):
-            write(root / "cc3m/images" / f"{row:05d}.jpg", jpeg(rng))
+            write(root / "cc3m/images" / f"{row:05d}.jpg", jpeg(rng, item))
         lines.append(text + b"\t" + url.encode())
     write(root / "cc3m/Train_GCC-training.tsv", b"\n".join(lines) + b"\n")
 
@@ -173,15 +208,15 @@ def sa1b(root: Path, rng: random.Random, archives: int, per_archive: int) -> Non
         name = f"sa_{a:06d}.tar"
         members = []
         for _ in range(per_archive):
-            size = image_size(rng, small_share=0.0)
+            size, item = image_size(rng, small_share=0.0), scene(rng)
             record = {"image": {"image_id": image_id, "width": size[0], "height": size[1],
                                 "file_name": f"sa_{image_id}.jpg"},
                       "annotations": [{"id": image_id * 10, "bbox": [0, 0, 10, 10],
                                        "area": 100, "segmentation": {"size": [size[1], size[0]],
                                                                      "counts": "0"}}]}
-            members.append((f"sa_{image_id}.jpg", encode(make_image(rng, size))))
+            members.append((f"sa_{image_id}.jpg", encode(make_image(rng, size, item))))
             members.append((f"sa_{image_id}.json", json.dumps(record).encode()))
-            text = "" if image_id == 2 else caption(caption_rng)
+            text = "" if image_id == 2 else caption(caption_rng, item, "llava")
             if image_id != 3:
                 captions.append(json.dumps({"image_id": f"sa_{image_id}", "caption": text}))
             image_id += 1
@@ -207,7 +242,8 @@ def textcaps(root: Path, rng: random.Random, n: int, split: str = "train") -> No
     entries = []
     for i in range(n):
         image_id = f"{rng.getrandbits(64):016x}"
-        texts = [caption(rng) for _ in range(rng.randint(2, 5))]
+        item = scene(rng)
+        texts = [caption(rng, item, "describe") for _ in range(rng.randint(2, 5))]
         if i == 5:
             texts = ["", "  "]
         elif i == 8:
@@ -215,7 +251,7 @@ def textcaps(root: Path, rng: random.Random, n: int, split: str = "train") -> No
         elif i == 9:
             texts = ["\udcfe\udcff"]
         if i != 2:
-            write(root / "textcaps/images" / f"{image_id}.jpg", jpeg(rng))
+            write(root / "textcaps/images" / f"{image_id}.jpg", jpeg(rng, item))
         flickr = f"{TOKEN}/textcaps/images/{image_id}.jpg"
         if i == 3:
             flickr = f"{TOKEN}/_gone/textcaps/images/{image_id}.jpg"
@@ -250,14 +286,15 @@ def journeydb(root: Path, rng: random.Random, archives: int, per_archive: int) -
         members = []
         for i in range(per_archive):
             stem = f"{rng.getrandbits(96):024x}"
-            prompt = caption(rng) + ", cinematic lighting --ar 3:2"
+            item = scene(rng)
+            prompt = caption(rng, item, "prompt") + ", cinematic lighting --ar 3:2"
             if a == 0 and i == 4:
                 prompt = ""
             lines.append(json.dumps({"img_path": f"./{folder}/{stem}.jpg", "prompt": prompt,
-                                     "Task2": {"Caption": caption(rng)}}))
+                                     "Task2": {"Caption": caption(rng, item, "describe")}}))
             if a == 0 and i == 6:
                 continue  # annotated, but absent from the archive
-            data = jpeg(rng)
+            data = jpeg(rng, item)
             members.append((f"{folder}/{stem}.jpg", b"\x00garbage" if i == 8 else data))
         write(root / f"journeydb/data/train/imgs/{folder}.tgz", tar_bytes(members, gzip=True))
     jsonl = ("\n".join(lines) + "\n").encode()
@@ -282,7 +319,8 @@ def diffusiondb(root: Path, rng: random.Random, parts: int, per_part: int,
                 ext = "webp" if large else "png"
                 image_name = f"{uuid.UUID(int=rng.getrandbits(128), version=4)}.{ext}"
                 size = rng.choice([(512, 512), (512, 768), (768, 512), (640, 640), (200, 300)])
-                prompt = caption(rng) + ", trending on artstation"
+                item = scene(rng)
+                prompt = caption(rng, item, "prompt") + ", trending on artstation"
                 image_nsfw = 0.9 if i % 9 == 3 else round(rng.uniform(0.0, 0.15), 4)
                 prompt_nsfw = 0.5 if i % 11 == 5 else round(rng.uniform(0.0, 0.15), 4)
                 rows.append({"image_name": image_name, "prompt": prompt, "part_id": part,
@@ -294,7 +332,7 @@ def diffusiondb(root: Path, rng: random.Random, parts: int, per_part: int,
                     continue  # listed in the metadata, absent from the zip
                 index_json[image_name] = {"p": prompt, "se": rows[-1]["seed"], "c": 7.0,
                                           "st": 50}
-                archive.writestr(image_name, encode(make_image(rng, size),
+                archive.writestr(image_name, encode(make_image(rng, size, item),
                                                     "WEBP" if large else "PNG"))
             archive.writestr(f"{name}.json", json.dumps(index_json))
         folder = (f"diffusiondb-large-part-{1 if part <= 10000 else 2}" if large else "images")
@@ -310,15 +348,17 @@ def coco(root: Path, rng: random.Random, n: int) -> None:
     for i in range(n):
         image_id = 100 + i * 7
         file_name = f"COCO_val2014_{image_id:012d}.jpg"
-        size = image_size(rng, small_share=0.0)
+        size, item = image_size(rng, small_share=0.0), scene(rng, held_out_share=0.25)
         images.append({"id": image_id, "file_name": file_name, "width": size[0],
                        "height": size[1], "coco_url": f"{TOKEN}/coco/val2014/{file_name}",
                        "flickr_url": f"{TOKEN}/coco/val2014/{file_name}", "license": 1})
-        for j in range(5):
-            annotations.append({"id": image_id * 10 + j, "image_id": image_id,
-                                "caption": caption(rng).capitalize() + "."})
+        texts = rng.sample(STYLES["describe"], 5)
+        for j, template in enumerate(texts):
+            text = template.format(c=item.color, s=item.shape, p=item.position,
+                                   b=item.background)
+            annotations.append({"id": image_id * 10 + j, "image_id": image_id, "caption": text})
         if i != 1:
-            write(root / "coco/val2014" / file_name, encode(make_image(rng, size)))
+            write(root / "coco/val2014" / file_name, encode(make_image(rng, size, item)))
     doc = {"info": {"description": "generated mirror"}, "licenses": [], "images": images,
            "annotations": annotations}
     write(root / "coco/annotations/captions_val2014.json", json.dumps(doc).encode())

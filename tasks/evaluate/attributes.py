@@ -1,0 +1,132 @@
+"""Prompt-following on the demo corpus: its attribute vocabulary, a prompt parser and a fixed
+classifier of shape, color and position in an image.
+
+The demo mirror (infra/mirror/corpus.py) draws one flat shape on a flat background and captions
+it from this vocabulary, so a generated image can be checked against its prompt without a learned
+model: the background is the median of the image border, the shape is every pixel that differs
+from it by more than half the image's contrast, and
+
+    position  the quadrant of the shape's centroid
+    color     the palette color nearest to the shape's median color
+    shape     fill of the shape's bounding box: square 1.0, circle pi/4 = 0.785, triangle 0.5
+
+Nothing here is trained or random, so a score is a pure function of the images. Only numpy is
+imported: the mirror imports the vocabulary without torch.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+SHAPES = ("square", "circle", "triangle")
+COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
+          "yellow": (235, 205, 40)}  # RGB
+BACKGROUNDS = {"white": (245, 245, 245), "gray": (128, 128, 128), "black": (20, 20, 20)}
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+# (shape, color) pairs that no training set shows; COCO val asks for them (does it compose?).
+HELD_OUT = frozenset({("triangle", "blue"), ("circle", "yellow")})
+ATTRIBUTES = ("shape", "color", "position")
+# Bounding-box fill that separates the shapes: midpoints of 0.5 / 0.785 / 1.0.
+FILL_TRIANGLE_BELOW, FILL_SQUARE_ABOVE = 0.64, 0.89
+MIN_CONTRAST = 40.0  # grey levels: below it the image holds no shape
+MIN_AREA = 0.01  # share of the image: fewer shape pixels is no shape
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What a demo image shows: one shape of one color in one quadrant, on a background."""
+
+    shape: str
+    color: str
+    position: str
+    background: str = "white"
+
+    @property
+    def held_out(self) -> bool:
+        return (self.shape, self.color) in HELD_OUT
+
+
+_SHAPE_RE = re.compile(r"\b(" + "|".join(SHAPES) + r")s?\b")
+_COLOR_RE = re.compile(r"\b(" + "|".join(COLORS) + r")\b")
+_BACKGROUND_RE = re.compile(r"\b(" + "|".join(BACKGROUNDS) + r")\b")
+_POSITION_RE = re.compile(r"\b(top|bottom)[ -](left|right)\b")
+
+
+def parse_prompt(text: str) -> Scene | None:
+    """The scene a demo prompt asks for, or None when it names no shape, color or position."""
+    text = text.lower()
+    shape, color = _SHAPE_RE.search(text), _COLOR_RE.search(text)
+    position = _POSITION_RE.search(text)
+    if not (shape and color and position):
+        return None
+    background = _BACKGROUND_RE.search(text)
+    return Scene(shape.group(1), color.group(1), f"{position.group(1)} {position.group(2)}",
+                 background.group(1) if background else "white")
+
+
+def classify(image: np.ndarray) -> Scene | None:
+    """The scene in a uint8 (H, W, 3) or (3, H, W) image; None when no shape stands out."""
+    if image.shape[0] == 3 and image.shape[-1] != 3:
+        image = np.transpose(image, (1, 2, 0))  # (3, H, W) -> (H, W, 3)
+    pixels = image.astype(np.float32)
+    height, width, _ = pixels.shape
+    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
+                             pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
+    background = np.median(border, axis=0)
+    diff = np.abs(pixels - background).max(axis=-1)  # (H, W) grey levels
+    contrast = float(np.percentile(diff, 99))
+    if contrast < MIN_CONTRAST:
+        return None
+    mask = diff > contrast / 2  # half-maximum: a blurred edge keeps the shape's area
+    if mask.sum() < MIN_AREA * height * width:
+        return None
+    ys, xs = np.nonzero(mask)
+    vertical = "top" if ys.mean() < height / 2 else "bottom"
+    horizontal = "left" if xs.mean() < width / 2 else "right"
+    median = np.median(pixels[mask], axis=0)
+    color = min(COLORS, key=lambda name: float(np.sum((median - COLORS[name]) ** 2)))
+    box = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    fill = mask.sum() / box
+    shape = ("triangle" if fill < FILL_TRIANGLE_BELOW else
+             "square" if fill > FILL_SQUARE_ABOVE else "circle")
+    bg = min(BACKGROUNDS, key=lambda name: float(np.sum((background - BACKGROUNDS[name]) ** 2)))
+    return Scene(shape, color, f"{vertical} {horizontal}", bg)
+
+
+def chance() -> dict[str, float]:
+    """Accuracy of guessing uniformly: per attribute, and all three at once (their product)."""
+    per = {"shape": 1 / len(SHAPES), "color": 1 / len(COLORS), "position": 1 / len(POSITIONS)}
+    return {**per, "all": per["shape"] * per["color"] * per["position"]}
+
+
+def _accuracy(pairs: list[tuple[Scene, Scene | None]]) -> dict[str, float | int]:
+    out: dict[str, float | int] = {"n": len(pairs)}
+    for name in ATTRIBUTES:
+        out[name] = sum(got is not None and getattr(got, name) == getattr(want, name)
+                        for want, got in pairs) / max(1, len(pairs))
+    out["all"] = sum(got is not None and all(getattr(got, a) == getattr(want, a)
+                                             for a in ATTRIBUTES)
+                     for want, got in pairs) / max(1, len(pairs))
+    return out
+
+
+def prompt_following(samples: Iterable[tuple[np.ndarray, str]]) -> dict | None:
+    """Per-attribute and all-correct accuracy of images against their prompts, for the prompts
+    of seen (shape, color) pairs and of the held-out pairs apart, with chance beside them.
+
+    None when no prompt parses: the prompts are not the demo vocabulary (e.g. real COCO)."""
+    seen, held, unparsed = [], [], 0
+    for image, prompt in samples:
+        want = parse_prompt(prompt)
+        if want is None:
+            unparsed += 1
+            continue
+        (held if want.held_out else seen).append((want, classify(np.asarray(image))))
+    if not seen and not held:
+        return None
+    return {"seen": _accuracy(seen), "held_out": _accuracy(held), "unparsed": unparsed,
+            "chance": chance(), "classifier": "border-median background, half-contrast mask"}
