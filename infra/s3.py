@@ -6,17 +6,27 @@ in S3 (readers see the old object or the whole new one), which is what shard com
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import os
+import random
+import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import boto3
+from boto3.exceptions import RetriesExceededError, S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import (ClientError, ConnectionClosedError, ConnectTimeoutError,
+                                 EndpointConnectionError, ReadTimeoutError)
 
 from infra.settings import S3Settings, s3_settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Multipart above 64 MiB keeps part counts small for multi-GB checkpoints.
 TRANSFER = TransferConfig(multipart_threshold=64 * 2**20, multipart_chunksize=64 * 2**20)
@@ -51,6 +61,47 @@ def make_client(settings: S3Settings):
     )
 
 
+# A store that is down or restarting (a SeaweedFS restart, a network blip, an S3 503) is waited
+# out: each call retries with exponential backoff and jitter for up to MB_S3_OUTAGE_S seconds
+# before the error reaches the step. botocore's own retries (above) cover only a few seconds.
+TRANSIENT = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError,
+             ReadTimeoutError, ConnectionError)
+RETRIED = {"attempts": 0}  # retries made in this process, for logs and tests
+
+
+def _transient(err: BaseException) -> bool:
+    if isinstance(err, TRANSIENT):
+        return True
+    if isinstance(err, (S3UploadFailedError, RetriesExceededError)):
+        # The transfer manager wraps the cause into its message: retry lost connections and
+        # server errors, not refusals (AccessDenied, NoSuchBucket).
+        text = str(err).lower()
+        return any(m in text for m in ("connect", "timed out", "timeout", "(500)", "(503)",
+                                       "internalerror", "serviceunavailable", "slowdown"))
+    if isinstance(err, ClientError):
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or err.response.get("Error", {}).get("Code") == "SlowDown"
+    return False
+
+
+def outage_tolerant(fn: Callable[..., T]) -> Callable[..., T]:
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> T:
+        deadline = time.monotonic() + float(os.environ.get("MB_S3_OUTAGE_S", "120"))
+        delay = 0.5
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - only transient errors are retried
+                if not _transient(err) or time.monotonic() + delay > deadline:
+                    raise
+                RETRIED["attempts"] += 1
+                log.warning("S3 %s failed (%s); retrying in %.1f s", fn.__name__, err, delay)
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 8.0)
+    return call
+
+
 @lru_cache(maxsize=4)
 def client(read_only: bool = False):
     """Cached client for the configured endpoint (read-write unless read_only)."""
@@ -65,6 +116,7 @@ def ensure_bucket(name: str, s3=None) -> None:
         s3.create_bucket(Bucket=name)
 
 
+@outage_tolerant
 def exists(uri: str) -> bool:
     bucket, key = split_uri(uri)
     try:
@@ -76,11 +128,13 @@ def exists(uri: str) -> bool:
         raise
 
 
+@outage_tolerant
 def put_bytes(uri: str, data: bytes) -> None:
     bucket, key = split_uri(uri)
     client().put_object(Bucket=bucket, Key=key, Body=data)
 
 
+@outage_tolerant
 def get_bytes(uri: str) -> bytes:
     bucket, key = split_uri(uri)
     return client().get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -94,11 +148,13 @@ def get_json(uri: str) -> Any:
     return json.loads(get_bytes(uri))
 
 
+@outage_tolerant
 def upload_file(path: Path | str, uri: str) -> None:
     bucket, key = split_uri(uri)
     client().upload_file(str(path), bucket, key, Config=TRANSFER)
 
 
+@outage_tolerant
 def download_file(uri: str, path: Path | str) -> None:
     bucket, key = split_uri(uri)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -106,14 +162,27 @@ def download_file(uri: str, path: Path | str) -> None:
 
 
 def list_uris(prefix_uri: str) -> Iterator[str]:
-    """All object URIs under a prefix, in key order."""
+    """All object URIs under a prefix, in key order (each page fetched outage-tolerantly)."""
     bucket, prefix = split_uri(prefix_uri)
-    paginator = client().get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+    token = None
+    while True:
+        page = _list_page(bucket, prefix, token)
         for obj in page.get("Contents", []):
             yield f"s3://{bucket}/{obj['Key']}"
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return
 
 
+@outage_tolerant
+def _list_page(bucket: str, prefix: str, token: str | None) -> dict[str, Any]:
+    kwargs = {"Bucket": bucket, "Prefix": prefix}
+    if token:
+        kwargs["ContinuationToken"] = token
+    return client().list_objects_v2(**kwargs)
+
+
+@outage_tolerant
 def delete(uri: str) -> None:
     bucket, key = split_uri(uri)
     client().delete_object(Bucket=bucket, Key=key)
