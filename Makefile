@@ -13,7 +13,7 @@ MB_MLFLOW_PORT ?= 15500
 export PREFECT_API_URL ?= http://127.0.0.1:$(MB_PREFECT_PORT)/api
 export MLFLOW_TRACKING_URI ?= http://127.0.0.1:$(MB_MLFLOW_PORT)
 
-.PHONY: setup services-up services-down services-status test demo repro screenshots clean-state
+.PHONY: setup services-up services-down services-status test test-fast demo repro screenshots clean-state
 
 setup: $(STAMP)  ## create .venv and install everything (idempotent)
 
@@ -43,6 +43,9 @@ services-status:
 
 test: setup  ## the whole test suite against real local services (started and stopped here)
 	$(PY) -m pytest -q tests
+
+test-fast: setup  ## the suite without the slow end-to-end tests (tests/flows, the store outage)
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: services-up  ## run the whole pipeline on the embedded demo profile
 	$(PY) -m tasks.models

@@ -20,6 +20,17 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_uri())
 
 _started: list[str] = []
 
+# End-to-end tests: everything under tests/flows (pipelines through Prefect and DVC) and the
+# store outage. `make test` runs them; `make test-fast` (-m "not slow") leaves them out.
+SLOW_PATHS = ("tests/flows/", "tests/infra/test_s3_outage.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        path = str(item.path.relative_to(config.rootpath)) if item.path else ""
+        if path.startswith(SLOW_PATHS):
+            item.add_marker(pytest.mark.slow)
+
 
 def _ensure(names: list[str]) -> None:
     by_name = {s.name: s for s in services.all_services()}
