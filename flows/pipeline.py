@@ -14,9 +14,10 @@ from prefect import flow, get_run_logger, task
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
+from flows.failures import StepFailed, failed_state
 from infra import s3
 from tasks.check import preflight, render
-from tasks.plan import check_budget, plan
+from tasks.plan import OverBudget, check_budget, plan
 from tasks.plan import render as render_plan
 from tasks.params import load_params
 from tasks.report.ledger import GPU_STEPS, STEPS
@@ -45,9 +46,13 @@ def run_step_on_pool(step: str, envelope_uri: str, profile: str | None,
                            parameters={"step": step, "envelope_uri": envelope_uri,
                                        "profile": profile, "params_path": params_path,
                                        "parent_run_id": parent_run_id})
-    if child.state is None or not child.state.is_completed():
-        raise RuntimeError(f"step {step} ended {child.state.name if child.state else 'unknown'}"
-                           f" (flow run {child.id}); rerun the pipeline to resume")
+    state = child.state
+    if state is not None and state.is_failed() and state.message:
+        # The step's one line (cause and fix); its traceback is in that flow run's log.
+        raise StepFailed(f"step {step} failed: {' '.join(state.message.split())}")
+    if state is None or not state.is_completed():
+        raise StepFailed(f"step {step} ended {state.name if state else 'unknown'} (flow run "
+                         f"{child.name}): see its log, then rerun the pipeline to resume")
     return s3.get_json(envelope_uri)
 
 
@@ -84,7 +89,11 @@ def pipeline(profile: str | None = None, params_path: str | None = None,
     except BaseException as err:
         # The MLflow parent run ends FAILED with the step that stopped it, never RUNNING.
         fail_pipeline_run(parent, current, str(err))
-        raise
+        # The flow run ends with one line (cause and fix) when there is one; a bug re-raises.
+        state = failed_state(err, stops=(OverBudget,)) if isinstance(err, Exception) else None
+        if state is None:
+            raise
+        return state
     result = report_pipeline(params, envelopes, parent, previous)
     print(result["markdown"])
     return {k: v for k, v in result.items() if k != "markdown"}

@@ -13,7 +13,9 @@ import time
 from typing import Any, Callable
 
 from prefect import flow
+from prefect.states import State
 
+from flows.failures import failed_state
 from infra import s3
 from tasks.params import Params, load_params
 from tasks.report.ledger import envelope
@@ -95,12 +97,21 @@ STEPS: dict[str, Callable[[Params, str | None], dict[str, Any]]] = {
 
 @flow(name="micro-budget-step", flow_run_name="{step}")
 def run_step(step: str, envelope_uri: str, profile: str | None = None,
-             params_path: str | None = None, parent_run_id: str | None = None) -> str:
-    """Run one step and write its envelope to `envelope_uri`; returns that URI."""
+             params_path: str | None = None, parent_run_id: str | None = None) -> str | State:
+    """Run one step and write its envelope to `envelope_uri`; returns that URI.
+
+    A missing file, an unreachable host, a refused token or credentials or a full disk ends the
+    run Failed with one line (cause and fix) as its state message, the traceback in its log."""
     if step not in STEPS:
         raise ValueError(f"unknown step {step!r}; steps: {list(STEPS)}")
-    params = load_params(params_path, profile)
-    started = time.monotonic()
-    result = STEPS[step](params, parent_run_id)
-    s3.put_json(envelope_uri, envelope(step, result, time.monotonic() - started))
+    try:
+        params = load_params(params_path, profile)
+        started = time.monotonic()
+        result = STEPS[step](params, parent_run_id)
+        s3.put_json(envelope_uri, envelope(step, result, time.monotonic() - started))
+    except Exception as err:  # noqa: BLE001 - anything not operational is re-raised
+        state = failed_state(err)
+        if state is None:
+            raise
+        return state
     return envelope_uri
