@@ -13,7 +13,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from tasks.common.shards import iter_tar_samples
 from tasks.download.core import Item, Job, Result, ordered_map, to_result
@@ -209,15 +209,18 @@ def download_archive(job: Job, archive: Archive, match: Matcher, limit: int | No
     return used
 
 
-def download_archives(job: Job, archives: list[Archive], match: Matcher,
+def download_archives(job: Job, archives: Iterable[Archive], match: Matcher,
                       max_samples: int | None) -> dict[str, Any]:
-    """Every archive in order until max_samples source items; unreachable archives are listed."""
+    """Every archive in order until max_samples source items; unreachable archives are listed.
+
+    `archives` may be a generator (a plan streamed from its metadata): it is read once."""
     failed: dict[str, str] = {}
-    used = 0
+    used = count = 0
     for archive in archives:
+        count += 1
         left = None if max_samples is None else max_samples - used
         if left is not None and left <= 0:
-            break
+            continue  # counted, not fetched
         try:
             used += download_archive(job, archive, match, left)
         except AccessDenied:
@@ -226,4 +229,4 @@ def download_archives(job: Job, archives: list[Archive], match: Matcher,
             if not is_permanent(err.reason):
                 raise
             failed[archive.name] = err.reason
-    return {"archives": len(archives), "archives_failed": failed, "complete": not failed}
+    return {"archives": count, "archives_failed": failed, "complete": not failed}
