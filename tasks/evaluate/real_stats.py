@@ -1,12 +1,14 @@
 """COCO reference side of FID, computed once and cached in S3 keyed by its protocol hash.
 
-Real images go through the reference preprocessing (short-side PIL bicubic resize to the
-generation resolution, center crop), then the same Inception wrapper as generated images. The
-cached object is the torchmetrics real-side state (feature sum, outer-product sum, count) as
-safetensors, next to a JSON of the protocol that produced it:
+Real images are the COCO val2014 files as fetched (raw/coco-original/, which the download
+keeps unfiltered and not re-encoded), brought to the generation resolution by the reference
+preprocessing (short-side PIL bicubic resize, center crop; both in the protocol), then through
+the same Inception wrapper as generated images. The cached object is the torchmetrics real-side
+state (feature sum, outer-product sum, count) as safetensors, next to a JSON of the protocol
+that produced it, keyed by the protocol's hash (which covers the images' shard sha256s):
 
-    s3://BUCKET/eval/real_stats/<hash>.safetensors
-    s3://BUCKET/eval/real_stats/<hash>.json
+    s3://BUCKET/<raw>/coco/_fid/real_stats/<hash>.safetensors
+    s3://BUCKET/<raw>/coco/_fid/real_stats/<hash>.json
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """One evaluation of one checkpoint, as plain functions: real side, generated side, FID, CLIP.
 
 Caches (all resumable, all keyed by what determines their content):
-    s3://BUCKET/<raw>/<dataset>/_fid/real_stats/<hash>.*   real Inception statistics
+    s3://BUCKET/<raw>/<dataset>/_fid/real_stats/<hash>.*   real Inception statistics of the
+                                                           images in <raw>/<dataset>-original/
     s3://BUCKET/<raw>/<dataset>/_fid/prompts/<hash>.json   the drawn captions
     s3://BUCKET/<runs>/_eval/samples/<ckpt>/<hash>/        generated PNG shards + manifest
 """
@@ -18,7 +19,9 @@ import torch
 import torchmetrics
 
 from infra import s3
+from tasks.common.errors import OperationalError
 from tasks.common.shards import Manifest, read_manifest
+from tasks.download.config import originals_dataset
 from tasks.evaluate.config import EvaluateParams
 from tasks.evaluate.generate import (Checkpoint, TextEncoder, cached_prompts, check_compatible,
                                      fetch_checkpoint, generate_missing, generation_protocol,
@@ -81,6 +84,18 @@ def coco_manifest(params: Params) -> tuple[Manifest, str]:
     return manifest, s3.join(raw_prefix, "_fid")
 
 
+def reference_manifest(params: Params) -> Manifest:
+    """The evaluation set's images as fetched (all of them, not filtered or re-encoded for
+    training): the source of the FID reference statistics."""
+    name = originals_dataset(params.evaluate.dataset)
+    prefix = params.storage.uri(params.storage.raw_prefix, name)
+    manifest = read_manifest(prefix)
+    if manifest is None or not manifest.shards:
+        raise OperationalError(f"no {name} manifest with shards at {prefix}: run the download "
+                               f"step (it keeps the {params.evaluate.dataset} images as fetched)")
+    return manifest
+
+
 @dataclass(frozen=True)
 class Generated:
     checkpoint: Checkpoint
@@ -128,8 +143,9 @@ def evaluate(params: Params, checkpoint_source: str, encoders_loader: EncodersLo
     manifest, fid_root = coco_manifest(params)
     inception = load_inception(ev.inception, device)
     inception_name = inception_id(ev.inception)
-    real, real_record = cached_real_stats(fid_root, manifest, ev.resolution, ev.num_real,
-                                          inception, inception_name, ev.feature_batch_size)
+    real, real_record = cached_real_stats(fid_root, reference_manifest(params), ev.resolution,
+                                          ev.num_real, inception, inception_name,
+                                          ev.feature_batch_size)
     prompts, prompts_key = cached_prompts(fid_root, manifest, ev.num_samples, ev.seed)
     with tempfile.TemporaryDirectory() as tmp:
         generated = generated_side(params, checkpoint_source, encoders_loader, prompts,

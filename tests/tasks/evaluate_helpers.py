@@ -14,6 +14,7 @@ from model.config import preset
 from model.io import save_pretrained
 from model.microdit import build_model
 from tasks.common.shards import LocalShard, commit_shard, write_manifest
+from tasks.download.config import originals_dataset
 from tasks.encode.tiny import save_tiny_text_encoder, save_tiny_vae
 from tasks.params import Params
 
@@ -33,7 +34,9 @@ def jpeg(seed: int) -> bytes:
 
 
 def write_coco_shards(prefix: str, tmp: Path) -> None:
-    """Two raw shards in the download contract, plus one corrupt image that must be skipped."""
+    """Two raw shards in the download contract, plus one corrupt image that must be skipped;
+    the same shards stand in for the images as fetched (coco-original, the FID reference)."""
+    originals = f"{prefix.rsplit('/', 1)[0]}/{originals_dataset('coco')}"
     index = 0
     for shard_no in range(2):
         with LocalShard(tmp) as shard:
@@ -45,8 +48,10 @@ def write_coco_shards(prefix: str, tmp: Path) -> None:
             if shard_no == 1:
                 shard.write("coco-broken", {"jpg": b"not a jpeg", "txt": "broken",
                                             "json": {"captions": ["broken"]}})
-        commit_shard(shard.path, prefix, f"shard-{shard_no:05d}", shard.samples)
+        for target in (prefix, originals):
+            commit_shard(shard.path, target, f"shard-{shard_no:05d}", shard.samples)
     write_manifest("coco", prefix)
+    write_manifest(originals_dataset("coco"), originals)
 
 
 def save_models(folder: Path) -> dict[str, str]:
