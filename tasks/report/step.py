@@ -20,6 +20,7 @@ from tasks.params import Params
 from tasks.report.ledger import STEPS, ledger, rows_as_dicts, totals
 from tasks.report.summary import final_metrics, report_markdown
 from tasks.report.chart import cost_chart, planned_markdown
+from tasks.report.dvc_metrics import flat_metrics
 from tasks.report.tracking import (CHART_PATH, GRID_PATH, artifact_url, finish_pipeline_run,
                                    log_step_run, run_url, start_pipeline_run)
 
@@ -114,4 +115,7 @@ def run(params: Params) -> dict[str, Any]:
     markdown = params.storage.out_path("report.md")
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text(result["markdown"])
+    rows = ledger(envelopes, params.cost)
+    params.storage.out_path("metrics.json").write_text(
+        json.dumps(flat_metrics(params, envelopes, rows), indent=2, sort_keys=True) + "\n")
     return {k: v for k, v in result.items() if k != "markdown"}
