@@ -8,9 +8,10 @@ resumes from its latest checkpoint, evaluation reuses cached samples).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_client, get_run_logger, task
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
@@ -42,11 +43,11 @@ def run_step_on_pool(step: str, envelope_uri: str, profile: str | None,
                      params_path: str | None, parent_run_id: str) -> dict[str, Any]:
     """Start the step's flow run on its pool, wait for it, and read back its envelope."""
     pool = "gpu" if step in GPU_STEPS else "cpu"
-    child = run_deployment(f"{STEP_FLOW}/{pool}", timeout=None,
+    child = run_deployment(f"{STEP_FLOW}/{pool}", timeout=0,
                            parameters={"step": step, "envelope_uri": envelope_uri,
                                        "profile": profile, "params_path": params_path,
                                        "parent_run_id": parent_run_id})
-    state = child.state
+    state = wait_logging_progress(step, child.id, child.name)
     if state is not None and state.is_failed() and state.message:
         # The step's one line (cause and fix); its traceback is in that flow run's log.
         raise StepFailed(f"step {step} failed: {' '.join(state.message.split())}")
@@ -54,6 +55,25 @@ def run_step_on_pool(step: str, envelope_uri: str, profile: str | None,
         raise StepFailed(f"step {step} ended {state.name if state else 'unknown'} (flow run "
                          f"{child.name}): see its log, then rerun the pipeline to resume")
     return s3.get_json(envelope_uri)
+
+
+def wait_logging_progress(step: str, run_id: Any, name: str, every_s: float = 30.0,
+                          poll_s: float = 2.0) -> Any:
+    """The step flow run's final state; meanwhile a log line every `every_s` seconds with its
+    state and elapsed time, so `prefect deployment run micro-budget/full --watch` (which shows
+    this flow's logs) tells where the pipeline is."""
+    logger = get_run_logger()
+    started = last = time.monotonic()
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(run_id).state
+            if state is not None and state.is_final():
+                return state
+            if time.monotonic() - last >= every_s:
+                last = time.monotonic()
+                logger.info("step %s: %s for %.0f s (flow run %s)", step,
+                            state.name if state else "pending", last - started, name)
+            time.sleep(poll_s)
 
 
 @flow(name="micro-budget", log_prints=True)
