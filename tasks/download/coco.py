@@ -113,7 +113,8 @@ def download(job: Job, source: CocoParams) -> dict[str, Any]:
                 shard.path.unlink(missing_ok=True)
             else:
                 target.commit(name, shard)
-    manifest = write_manifest(originals.dataset, originals.prefix, names=names)
+    manifest = write_manifest(originals.dataset, originals.prefix,
+                              names=[originals.done[n].name for n in names if n in originals.done])
     return {"shards_planned": len(names), "complete": True,
             "originals": {"dataset": originals.dataset, "manifest": versioned_uri(manifest),
                           "samples": manifest.samples,

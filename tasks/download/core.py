@@ -169,12 +169,16 @@ class Job:
     transfer: Transfer = field(default_factory=Transfer)
 
     def __post_init__(self) -> None:
-        foreign = sorted(n for n, r in self.done.items() if r.meta.get("plan") != self.plan)
-        if foreign:
-            raise ValueError(
-                f"{self.prefix} holds shards {foreign[:3]} written with other download params "
-                f"(selection, sharding or image filter changed): their sample ranges would not "
-                f"match. Delete that prefix or set another storage.raw_prefix.")
+        # Shards of other download plans (another selection, sharding or image filter) stay
+        # where they are, outside this plan's manifest: this plan's shards have names of their
+        # own, so nothing is overwritten and switching back finds the old plan complete.
+        self.foreign = sorted(n for n, r in self.done.items() if r.meta.get("plan") != self.plan)
+        self.done = {r.meta.get("logical", r.name): r for r in self.done.values()
+                     if r.meta.get("plan") == self.plan}
+
+    def shard_name(self, name: str) -> str:
+        """The stored name of this plan's shard `name`: keyed by the plan."""
+        return f"{name}-p{self.plan[:8]}"
 
     @property
     def scratch(self) -> Path:
@@ -208,8 +212,9 @@ class Job:
 
     def commit(self, name: str, built: BuiltShard, **meta: Any) -> ShardRecord:
         try:
-            record = commit_shard(built.path, self.prefix, name, built.samples,
-                                  meta={"plan": self.plan, "stats": built.stats, **meta})
+            record = commit_shard(built.path, self.prefix, self.shard_name(name), built.samples,
+                                  meta={"plan": self.plan, "logical": name,
+                                        "stats": built.stats, **meta})
         finally:
             built.path.unlink(missing_ok=True)
         self.done[name] = record

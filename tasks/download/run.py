@@ -45,7 +45,8 @@ def download(params: Params, dataset: str) -> dict[str, Any]:
         this_run = add_stats(this_run, job.done[name].meta["stats"])
     rate = total["succeeded"] / total["attempted"] if total["attempted"] else 0.0
     stats = {**total, "success_rate": round(rate, 4), "plan": job.plan, **outcome}
-    manifest = write_manifest(dataset, prefix, stats)
+    manifest = write_manifest(dataset, prefix, stats,
+                              names=[r.name for r in job.done.values()])
     return {
         "dataset": dataset,
         "manifest": versioned_uri(manifest),  # immutable: DVC sees a data change

@@ -12,7 +12,7 @@ from PIL import Image
 
 from infra import s3
 from tasks.common.shards import iter_shard, read_manifest
-from tasks.download.run import download, raw_prefix, summary_markdown
+from tasks.download.run import download, summary_markdown
 
 # Failure reasons each mirror dataset must report (infra/mirror/corpus.py plants them).
 EXPECTED = {
@@ -77,15 +77,21 @@ def test_sa1b_reports_expired_links_and_max_samples_caps(demo_params):
     summary = download(capped, "sa1b")
     assert summary["archives_failed"] == {}  # the cap stops before the expired fourth link
     assert summary["attempted"] == 20 and summary["complete"]
+    capped_manifest = read_manifest(summary["manifest"])
+    capped_bytes = {s.uri: s3.get_bytes(s.uri) for s in capped_manifest.shards}
     full = demo_params()
-    with pytest.raises(ValueError, match="other download params"):
-        download(full, "sa1b")  # same prefix, different selection: refused, not mixed
-    s3_prefix = raw_prefix(full, "sa1b")
-    for uri in list(s3.list_uris(s3_prefix + "/")):
-        s3.delete(uri)
+    # Same prefix, another selection: downloaded under its own shard names, never mixed.
     summary = download(full, "sa1b")
     assert summary["archives_failed"] == {"sa_000003": "http_404"}
     assert not summary["complete"] and summary["attempted"] == 45
+    manifest = read_manifest(summary["manifest"])
+    assert not {s.uri for s in manifest.shards} & set(capped_bytes)
+    assert all(s.name.endswith("-p" + summary["plan"][:8]) for s in manifest.shards)
+    assert {uri: s3.get_bytes(uri) for uri in capped_bytes} == capped_bytes  # untouched
+    # Back to the capped selection: found complete, nothing downloaded again.
+    again = download(capped, "sa1b")
+    assert again["shards_written"] == 0 and read_manifest(again["manifest"]).shards == \
+        capped_manifest.shards
 
 
 def test_fraction_takes_leading_archives(demo_params):
