@@ -1,4 +1,5 @@
-"""The pipeline report: dataset stats, cost table, FID and a sample grid, as markdown."""
+"""The pipeline report: dataset stats, cost table, FID, prompt-following and a sample grid, as
+markdown."""
 
 from __future__ import annotations
 
@@ -35,7 +36,30 @@ def final_metrics(envelopes: list[dict[str, Any]]) -> dict[str, float]:
     out = {f"fid_{suffix}": float(ev["fid"])}
     if ev.get("clip_score") is not None:
         out[f"clip_score_{suffix}"] = float(ev["clip_score"])
+    following = ev.get("prompt_following") or {}
+    for group in ("seen", "held_out"):
+        scores = following.get(group) or {}
+        if scores.get("n"):
+            out |= {f"prompt_{name}_{group}_{suffix}": float(scores[name])
+                    for name in ("shape", "color", "position", "all")}
+    if following:
+        out[f"prompt_all_chance_{suffix}"] = float(following["chance"]["all"])
     return out
+
+
+def prompt_following_table(following: dict[str, Any]) -> str:
+    """Accuracy per attribute and all-correct, for seen and held-out (shape, color) pairs, with
+    uniform guessing's accuracy beside them."""
+    chance = following["chance"]
+    lines = ["| prompts | n | shape | color | position | all correct |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for group, label in (("seen", "seen pairs"), ("held_out", "held-out pairs")):
+        s = following[group]
+        lines.append(f"| {label} | {s['n']} | {s['shape']:.1%} | {s['color']:.1%} | "
+                     f"{s['position']:.1%} | {s['all']:.1%} |")
+    lines.append(f"| chance | | {chance['shape']:.1%} | {chance['color']:.1%} | "
+                 f"{chance['position']:.1%} | {chance['all']:.1%} |")
+    return "\n".join(lines)
 
 
 def report_markdown(profile: str, envelopes: list[dict[str, Any]], rows: list[LedgerRow],
@@ -55,6 +79,12 @@ def report_markdown(profile: str, envelopes: list[dict[str, Any]], rows: list[Le
         parts += [f"| metric | value |", "|---|---:|"]
         parts += [f"| {k} | {v:.3f} |" for k, v in metrics.items()]
         parts += ["", "Protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items()), ""]
+        if ev.get("prompt_following"):
+            parts += ["### Prompt following", "",
+                      "Generated images classified by shape, color and position "
+                      "(tasks/evaluate/attributes.py) against their COCO-val prompts; held-out "
+                      "pairs are (shape, color) pairs no training set shows.", "",
+                      prompt_following_table(ev["prompt_following"]), ""]
     else:
         parts += ["No evaluation in this run.", ""]
     if grid_link:
