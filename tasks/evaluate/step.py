@@ -7,6 +7,7 @@ Prefect markdown artifact and the MLflow hand-off.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -18,12 +19,16 @@ from tasks.evaluate.tracking import log_result, result_markdown, start_run
 from tasks.params import Params
 
 
-def evaluate_and_log(params: Params, checkpoint_uri: str, run_id: str | None = None
-                     ) -> dict[str, Any]:
-    """Evaluate, log to MLflow (run_id, or a new evaluation run) and return the result."""
+def evaluate_and_log(params: Params, checkpoint_uri: str, run_id: str | None = None,
+                     grid_path: Path | None = None) -> dict[str, Any]:
+    """Evaluate, log to MLflow (run_id, or a new evaluation run) and return the result;
+    `grid_path` also gets the sample grid (the DVC plots of the CLI path)."""
     evaluation = evaluate(params, checkpoint_uri, load_encoders)
     run_id = run_id or start_run(f"evaluate-{evaluation.result['checkpoint_digest']}")
     log_result(run_id, evaluation.result, evaluation.grid_png)
+    if grid_path is not None and evaluation.grid_png:
+        grid_path.parent.mkdir(parents=True, exist_ok=True)
+        grid_path.write_bytes(evaluation.grid_png)
     return {**evaluation.result, "mlflow_run_id": run_id}
 
 
@@ -71,7 +76,14 @@ def evaluate_stages(params: Params, score) -> dict[str, Any]:
 
 
 def run(params: Params) -> dict[str, Any]:
-    """The whole step for the CLI/DVC."""
+    """The whole step for the CLI/DVC; each scored stage's sample grid goes to
+    <out_dir>/plots/samples/<stage>.png for `dvc plots show`."""
     if not params.evaluate.enabled:
         return {"skipped": "evaluate.enabled is false"}
-    return evaluate_stages(params, evaluate_and_log)
+
+    def score(scored: Params, checkpoint_uri: str) -> dict[str, Any]:
+        name = scored.evaluate.stage or scored.train.stages[-1].name
+        return evaluate_and_log(scored, checkpoint_uri, grid_path=params.storage.out_path(
+            f"plots/samples/{name}.png"))
+
+    return evaluate_stages(params, score)

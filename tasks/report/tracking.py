@@ -82,6 +82,7 @@ def supersede_stale_runs(params: Params, run_id: str) -> list[dict[str, str]]:
         client.set_terminated(run.info.run_id, status="KILLED")
         out.append({"run_id": run.info.run_id, "folder": folder})
         out += _earlier_attempts(client, run)
+    out = list({r["run_id"]: r for r in out}.values())  # an attempt once, however reached
     if out:
         client.set_tag(run_id, "previous_attempts", ",".join(r["run_id"] for r in out))
     return out

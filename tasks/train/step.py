@@ -66,7 +66,7 @@ def launch_command(params: Params, stage: str, summary: Path, parent_run_id: str
 
 
 def run_stage(params: Params, stage: str, parent_run_id: str | None = None, node_rank: int = 0,
-              endpoint: Endpoint | None = None) -> dict[str, Any]:
+              endpoint: Endpoint | None = None, keep_losses: bool = False) -> dict[str, Any]:
     """Train one stage in a child process; returns its summary (losses left out).
 
     The child gets the params this process resolved, written to a file, never a path of its
@@ -97,7 +97,9 @@ def run_stage(params: Params, stage: str, parent_run_id: str | None = None, node
         result = json.loads(summary.read_text())
     result["held_seconds"] = node["held_seconds"]
     result["nodes"] = [node]
-    result["loss_curve_points"] = len(result.pop("losses", []))
+    result["loss_curve_points"] = len(result.get("losses", []))
+    if not keep_losses:
+        result.pop("losses", None)
     return result
 
 
@@ -144,6 +146,17 @@ def summarize(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
                                           for s in stages.values())}
 
 
+def write_loss_plots(params: Params, stages: dict[str, dict[str, Any]]) -> None:
+    """<out_dir>/plots/loss/<stage>.csv (step, loss) for `dvc plots show`; the losses leave
+    the summary (a full stage holds hundreds of thousands)."""
+    folder = params.storage.out_path("plots/loss")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, stage in stages.items():
+        rows = "".join(f"{i},{loss:.6f}\n" for i, loss in enumerate(stage.pop("losses", []), 1))
+        (folder / f"{name}.csv").write_text("step,loss\n" + rows)
+
+
 def run(params: Params) -> dict[str, Any]:
-    summary = summarize({s.name: run_stage(params, s.name) for s in params.train.stages})
-    return {**summary, "diffusers": export_model(params)}
+    stages = {s.name: run_stage(params, s.name, keep_losses=True) for s in params.train.stages}
+    write_loss_plots(params, stages)
+    return {**summarize(stages), "diffusers": export_model(params)}

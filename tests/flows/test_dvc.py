@@ -62,6 +62,23 @@ def test_dvc_repro_push_pull_on_a_fresh_copy(pipeline_services, tmp_path):
     assert {name: (repo / "out" / name).read_bytes() for name in OUTS} == before
     assert "up to date" in _dvc(repo, "status").lower()
 
+    # Readable: a compact metrics table, loss curves and sample grids as plots.
+    table = _dvc(repo, "metrics", "show")
+    assert "fid" in table and "cost_usd" in table and "protocol" not in table
+    for stage in ("stage1", "stage2"):
+        assert (repo / "out" / "plots" / "loss" / f"{stage}.csv").read_text().startswith(
+            "step,loss\n1,")
+    assert (repo / "out" / "plots" / "samples" / "stage2.png").read_bytes()[:4] == b"\x89PNG"
+    _dvc(repo, "plots", "show", "-o", "plots-html")
+    html = (repo / "plots-html" / "index.html").read_text()
+    assert "stage1.csv" in html and "stage2.png" in html
+
+    # An experiment with one value changed runs and compares beside the workspace.
+    _commit(repo, "baseline")
+    _dvc(repo, "exp", "run", "-n", "guidance-3", "-S", "demo.evaluate.guidance=3.0")
+    shown = _dvc(repo, "exp", "show", "--csv")
+    assert "guidance-3" in shown and "3.0" in shown
+
 
 def _edit_params(repo: Path, edit) -> None:
     import yaml
