@@ -1,6 +1,6 @@
 """Reference MicroDiT weights (SonyResearch/micro_diffusion layout) map onto model/ exactly.
 
-The fixture (../shared/fixtures/reference-microdit/, README there) is a small network with every
+The fixture (tests/fixtures/reference-microdit/, a copy of ../shared/fixtures/; README there) is a
 feature on, saved by the reference code with its inputs and raw outputs, plus the key and shape
 list of the real XL_2 state dict that the released checkpoints hold.
 """
@@ -20,7 +20,9 @@ from model.layers import sincos_pos_embed_2d
 from model.microdit import MicroDiT
 from model.reference_import import convert, import_reference, reference_config, rename
 
-FIXTURE = REPO_ROOT.parent / "shared" / "fixtures" / "reference-microdit"
+# A copy of ../shared/fixtures/reference-microdit (README there and here), kept in the repository
+# so a checkout anywhere, CI's included, has it.
+FIXTURE = REPO_ROOT / "tests" / "fixtures" / "reference-microdit"
 
 
 @pytest.fixture(scope="module")
