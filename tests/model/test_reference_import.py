@@ -1,8 +1,9 @@
 """Reference MicroDiT weights (SonyResearch/micro_diffusion layout) map onto model/ exactly.
 
 The fixture (tests/fixtures/reference-microdit/, a copy of ../shared/fixtures/; README there) is
-a small network with every feature on, saved by the reference code with its inputs and raw outputs, plus the key and shape
-list of the real XL_2 state dict that the released checkpoints hold.
+a small network with every feature on, saved by the reference code with its inputs and raw
+outputs, plus the key and shape list of the real XL_2 state dict that the released checkpoints
+hold.
 """
 
 from __future__ import annotations
