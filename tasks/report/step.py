@@ -31,6 +31,22 @@ def planned_by_step(params: Params) -> dict[str, dict[str, float]]:
     return by_step(plan(params))
 
 
+def register_run_model(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str,
+                       cost_usd: float) -> str | None:
+    """The run's exported model as a new version of the registered model (None: no export)."""
+    from tasks.report.registry import register
+    from tasks.report.tracking import params_hash
+
+    train = next((e.get("result") or {} for e in envelopes if e["step"] == "train"), {})
+    evaluation = next((e.get("result") or {} for e in envelopes if e["step"] == "evaluate"), {})
+    if not train.get("diffusers"):
+        return None
+    return register(parent_run_id, train["diffusers"], {
+        "fid": evaluation.get("fid"), "clip_score": evaluation.get("clip_score"),
+        "cost_usd": round(cost_usd, 6), "params_hash": params_hash(params),
+        "profile": params.profile, "checkpoint": evaluation.get("checkpoint")})
+
+
 def eval_grid(envelopes: list[dict[str, Any]]) -> bytes | None:
     """The evaluation's sample grid, fetched from its MLflow run (None if there is none)."""
     ev = next((e["result"] for e in envelopes if e["step"] == "evaluate"), {})
@@ -60,10 +76,11 @@ def report(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str) 
                         cost_chart(rows, planned))
     return {"mlflow_run_id": parent_run_id, "mlflow_url": link, "grid_url": grid_link,
             "cost": rows_as_dicts(rows), "planned": planned,
+            "model_version": register_run_model(params, envelopes, parent_run_id,
+                                                totals(rows)["cost_usd"]),
             "totals": totals(rows), "metrics": metrics, "markdown": markdown}
 
 
-@task(name="report", retries=2, retry_delay_seconds=10)
 def previous_costs(params: Params, previous: list[dict[str, str]]) -> dict[str, float]:
     """What the superseded attempts spent: the ledger of the steps they finished."""
     from infra import s3
@@ -76,6 +93,7 @@ def previous_costs(params: Params, previous: list[dict[str, str]]) -> dict[str, 
             "device_hours": total["device_hours"]}
 
 
+@task(name="report", retries=2, retry_delay_seconds=10)
 def report_pipeline(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str,
                     previous: list[dict[str, str]] | None = None) -> dict[str, Any]:
     result = report(params, envelopes, parent_run_id)

@@ -39,6 +39,16 @@ def load_pipeline(model: Path, params_file: Path | None, profile: str | None):
                             "export) or config.json + model.safetensors (a MicroDiT folder)")
 
 
+def model_folder(model: str) -> Path:
+    """A local folder, or a registered version (models:/name/version|latest) fetched from the
+    MLflow registry's source in S3."""
+    if model.startswith("models:/"):
+        from tasks.report.registry import fetch, resolve
+
+        return fetch(resolve(model))
+    return Path(model)
+
+
 def pick_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -49,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tasks sample", description=__doc__.splitlines()[0])
     ap.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     ap.add_argument("--prompts-file", type=Path, default=None, help="one prompt per line")
-    ap.add_argument("--model", type=Path, required=True, help="model folder (see above)")
+    ap.add_argument("--model", required=True,
+                    help="model folder (see above) or models:/micro-budget/<version|latest>")
     ap.add_argument("--n", type=int, default=4, help="images per prompt")
     ap.add_argument("--seed", type=int, default=0, help="initial noise seed")
     ap.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
@@ -69,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("no prompt: give --prompt or --prompts-file")
         if args.n < 1 or args.steps < 2 or args.guidance < 1.0:
             raise ValueError("need --n >= 1, --steps >= 2 and --guidance >= 1")
-        if not args.model.is_dir():
+        model = model_folder(args.model)
+        if not model.is_dir():
             raise FileNotFoundError(f"no model folder {args.model}")
-        pipe = load_pipeline(args.model, args.params, args.profile)
+        pipe = load_pipeline(model, args.params, args.profile)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
