@@ -30,6 +30,9 @@ def pytest_collection_modifyitems(config, items) -> None:
         path = str(item.path.relative_to(config.rootpath)) if item.path else ""
         if path.startswith(SLOW_PATHS):
             item.add_marker(pytest.mark.slow)
+            # A whole pipeline run (or several) per test: 40 minutes before a hang is called,
+            # instead of the 15 that pyproject.toml gives a unit test.
+            item.add_marker(pytest.mark.timeout(2400))
 
 
 def _ensure(names: list[str]) -> None:

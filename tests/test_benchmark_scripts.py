@@ -18,3 +18,10 @@ def test_s3_get_reads_back_and_cleans_up(s3_service) -> None:
     assert 0 < result["min_mb_s"] <= result["median_mb_s"] <= result["max_mb_s"]
     bench = load_params(profile="demo").storage.uri("bench")
     assert not [uri for uri in s3.list_uris(bench + "/") if uri.endswith(".bin")]
+
+
+def test_journeydb_plan_benchmark_plans_every_row():
+    from benchmarks.plan_journeydb import main as plan_journeydb
+
+    result = plan_journeydb(["--rows", "3000", "--per-archive", "500", "--window", "700"])
+    assert result["rows"] == 3000 and result["archives"] == 6 and result["rows_per_s"] > 0

@@ -78,7 +78,7 @@ def test_textcaps_groups_captions_and_skips_unstorable_ones():
     assert second.skip == "empty_caption"
 
 
-def test_sa1b_link_list_and_journeydb_annotations():
+def test_sa1b_link_list_and_journeydb_annotations(tmp_path):
     links = (b"file_name\tcdn_link\n"
              b"sa_000000.tar\thttps://cdn/a?sig=1\nsa_000001.tar\thttps://cdn/b\n")
     archives = sa1b.parse_links(links)
@@ -89,12 +89,35 @@ def test_sa1b_link_list_and_journeydb_annotations():
         sa1b.parse_links(b"file_name\tcdn_link\nonly-a-name\n")
     lines = "\n".join(json.dumps({"img_path": f"./{a}/{s}.jpg", "prompt": p}) for a, s, p in
                       [("000", "x1", "p1"), ("000", "x1", "dup"), ("001", "y.2", "")])
-    packed = tar_bytes([("anno.jsonl", lines.encode())], gzip=True)
-    by_archive = journeydb.parse(journeydb.jsonl_text(packed), "http://m/imgs")
+    path = tmp_path / "anno.jsonl.tgz"
+    path.write_bytes(tar_bytes([("anno.jsonl", lines.encode())], gzip=True))
+    plan = journeydb.plan(path, "http://m/imgs", 1.0, None)
+    assert iter(plan) is plan  # a generator: archives are built as the file streams past
+    by_archive = {a.name: list(a.selected.values()) for a in plan}
     assert {k: [i.key for i in v] for k, v in by_archive.items()} == {
         "000": ["journeydb-x1"], "001": ["journeydb-y"]}
+    assert by_archive["000"][0].caption == "p1"  # a repeated image keeps its first entry
     assert by_archive["001"][0].skip == "empty_caption"
     assert by_archive["000"][0].url == "http://m/imgs/000.tgz"
+
+
+def test_journeydb_plan_streams_in_bounded_windows(tmp_path):
+    """Windows of a few items give the plan of one big window; fraction and max_samples hold."""
+    rows = [(f"{a:03d}", f"i{a}_{k}") for k in range(5) for a in range(7)]  # archives mixed
+    path = tmp_path / "anno.jsonl"
+    path.write_text("\n".join(json.dumps({"img_path": f"./{a}/{s}.jpg", "prompt": f"p {s}"})
+                              for a, s in rows))
+
+    def keys(plan):
+        return {a.name: sorted(i.key for i in a.selected.values()) for a in plan}
+
+    whole = keys(journeydb.plan(path, "u", 1.0, None))
+    assert len(whole) == 7 and all(len(v) == 5 for v in whole.values())
+    assert keys(journeydb.plan(path, "u", 1.0, None, limit=6)) == whole  # 7 windows
+    assert list(journeydb.windows({"a": 5, "b": 5, "c": 5}, limit=10)) == [["a", "b"], ["c"]]
+    capped = keys(journeydb.plan(path, "u", 1.0, 12))
+    assert [len(v) for v in capped.values()] == [5, 5, 2]  # name order, cut at 12 items
+    assert list(keys(journeydb.plan(path, "u", 0.3, None))) == ["000", "001", "002"]
 
 
 def test_archive_entries_report_truncation_and_missing_members(tmp_path):
