@@ -22,6 +22,7 @@ from infra import s3
 from tasks.common.errors import OperationalError
 from tasks.common.shards import Manifest, read_manifest
 from tasks.download.config import originals_dataset
+from tasks.evaluate.attributes import prompt_following
 from tasks.evaluate.config import EvaluateParams
 from tasks.evaluate.generate import (Checkpoint, TextEncoder, cached_prompts, check_compatible,
                                      fetch_checkpoint, generate_missing, generation_protocol,
@@ -162,6 +163,9 @@ def evaluate(params: Params, checkpoint_source: str, encoders_loader: EncodersLo
                      itertools.islice(iter_generated(samples), ev.grid_images)])
     result = {"checkpoint": checkpoint_source, "checkpoint_digest": generated.checkpoint.digest,
               "fid": fid_value(fid), "clip_score": clip_score(ev, samples, device),
+              # demo vocabulary only (tasks/evaluate/attributes.py); None for other prompts
+              "prompt_following": prompt_following(
+                  (image.numpy(), prompt) for image, prompt in iter_generated(samples)),
               "protocol": protocol, "protocol_hash": protocol_hash(protocol),
               "generation": generated.protocol, "real_stats": real_record["uri"],
               "real_skipped": real_record["skipped"],
