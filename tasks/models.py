@@ -1,8 +1,10 @@
-"""Build the demo profile's tiny random-init models into the folders params.yaml names.
+"""Build the demo profile's tiny models into the folders params.yaml names.
 
 Usage: python -m tasks.models [--profile demo] [--force]
 Each model is saved in Hugging Face format and later loaded with from_pretrained, so the demo
-exercises the real loading code offline. Existing folders are kept unless --force.
+exercises the real loading code offline. The text tower and the captioner are random-init; the
+VAE is trained on generated demo images (tasks/encode/tiny.py, about a minute on 2 cores).
+Existing folders are kept unless --force, the VAE only while its recipe hash is unchanged.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from tasks.params import Params, load_params
 
 
 def builders(params: Params) -> dict[str, Callable[[Path], Path]]:
-    from tasks.encode.tiny import save_tiny_text_encoder, save_tiny_vae
+    from tasks.encode.tiny import save_tiny_text_encoder, train_demo_vae
 
-    out: dict[str, Callable[[Path], Path]] = {params.encode.vae: save_tiny_vae,
+    out: dict[str, Callable[[Path], Path]] = {params.encode.vae: train_demo_vae,
                                               params.encode.text_encoder: save_tiny_text_encoder}
     from tasks.caption.tiny import save_tiny_llava
 
@@ -28,14 +30,25 @@ def builders(params: Params) -> dict[str, Callable[[Path], Path]]:
     return out
 
 
+def is_current(build: Callable[[Path], Path], path: Path) -> bool:
+    """Whether the folder holds what `build` would make: the trained VAE under its recipe hash,
+    any other model as soon as its config.json exists."""
+    from tasks.encode.tiny import recipe_matches, train_demo_vae
+
+    if build is train_demo_vae:
+        return recipe_matches(path)
+    return (path / "config.json").exists()
+
+
 def build_local_models(params: Params, force: bool = False) -> list[Path]:
-    """Build every local-folder model of the profile that is missing; returns the folders."""
+    """Build every local-folder model of the profile that is missing or stale; returns the
+    folders built."""
     built = []
     for name, build in builders(params).items():
         path = Path(name) if Path(name).is_absolute() else REPO_ROOT / name
         if not name.startswith((".", "/")):
             continue  # a hub id: loaded by from_pretrained, never generated
-        if force or not (path / "config.json").exists():
+        if force or not is_current(build, path):
             build(path)
             built.append(path)
     return built
