@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from infra import s3
 from tasks.caption.config import CaptionParams
-from tasks.common.keys import digest, without
+from tasks.common.keys import digest, model_fingerprint, without
 from tasks.params import Params
 
 # How captions are computed, not what they say: batch size (left-padded greedy decoding is
@@ -15,6 +15,8 @@ EXECUTION_ONLY = ("enabled", "datasets", "batch_size", "device", "compile",
 
 def caption_key(params: CaptionParams) -> str:
     fields = without(params, *EXECUTION_ONLY)
+    if params.source == "llava":
+        fields["model"] = model_fingerprint(params.model)  # a rebuilt local model: new key
     if params.source == "file":
         fields = {k: fields[k] for k in ("source", "captions_file", "min_chars",
                                          "max_repeat_share")}

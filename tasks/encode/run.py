@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from infra import s3
 from tasks.caption.keys import captions_apply, sidecar_uri
-from tasks.common.keys import digest, without
+from tasks.common.keys import digest, model_fingerprint, without
 from tasks.common.shards import (LocalShard, ShardRecord, commit_shard, done_records, iter_shard,
                                  read_manifest, versioned_uri, write_manifest)
 from tasks.encode.encoders import Encoders, encode_captions, encode_images, load
@@ -85,7 +85,9 @@ def latent_shard_name(params: Params, dataset: str, raw: ShardRecord,
     """`<raw shard>-<key>`: the key hashes the encoders and their settings, the resolution
     plan, the raw shard's sha256 and the captions' version. A change in any of them gives a
     new name, so a latent shard is never overwritten with different content."""
-    key = digest({"encode": without(params.encode, *EXECUTION_ONLY),
+    enc = params.encode
+    key = digest({"encode": without(enc, *EXECUTION_ONLY),
+                  "models": [model_fingerprint(enc.vae), model_fingerprint(enc.text_encoder)],
                   "plan": plan_key(resolution_plan(params, dataset)),
                   "raw": raw.sha256, "captions": caption_version}, length=12)
     return f"{raw.name}-{key}"
