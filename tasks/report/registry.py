@@ -67,3 +67,12 @@ def fetch(source: str, dest: Path | None = None) -> Path:
     for uri in uris:
         s3.download_file(uri, dest / uri[len(source.rstrip("/")) + 1:])
     return dest
+
+
+def run_source(run_id: str, name: str = MODEL_NAME) -> str:
+    """The source of the version a pipeline run registered."""
+    versions = _client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not versions:
+        raise FileNotFoundError(f"run {run_id} registered no version of {name!r}: was it a "
+                                "finished pipeline run (its train step exports the model)?")
+    return max(versions, key=lambda v: int(v.version)).source

@@ -49,6 +49,13 @@ def model_folder(model: str) -> Path:
     return Path(model)
 
 
+def run_model(run_id: str) -> Path:
+    """The model a finished pipeline run registered, fetched from its source."""
+    from tasks.report.registry import fetch, run_source
+
+    return fetch(run_source(run_id))
+
+
 def pick_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -59,8 +66,10 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m tasks sample", description=__doc__.splitlines()[0])
     ap.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     ap.add_argument("--prompts-file", type=Path, default=None, help="one prompt per line")
-    ap.add_argument("--model", required=True,
-                    help="model folder (see above) or models:/micro-budget/<version|latest>")
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model",
+                       help="model folder (see above) or models:/micro-budget/<version|latest>")
+    which.add_argument("--run", help="an MLflow pipeline run id: the model it registered")
     ap.add_argument("--n", type=int, default=4, help="images per prompt")
     ap.add_argument("--seed", type=int, default=0, help="initial noise seed")
     ap.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
@@ -80,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("no prompt: give --prompt or --prompts-file")
         if args.n < 1 or args.steps < 2 or args.guidance < 1.0:
             raise ValueError("need --n >= 1, --steps >= 2 and --guidance >= 1")
-        model = model_folder(args.model)
+        model = run_model(args.run) if args.run else model_folder(args.model)
         if not model.is_dir():
             raise FileNotFoundError(f"no model folder {args.model}")
         pipe = load_pipeline(model, args.params, args.profile)

@@ -49,7 +49,13 @@ def test_run_model_registered_and_sampled_by_reference(params, checkpoint, s3_pr
                  f"models:/{MODEL_NAME}/latest", "--n", "2", "--steps", "2",
                  "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
-    # A missing version is a one-line error, not a traceback.
+    by_run = tmp_path / "by-run.png"
+    assert main(["sample", "--prompt", "a red square", "--run", run_id, "--n", "1",
+                 "--steps", "2", "--out", str(by_run)]) == 0
+    assert by_run.read_bytes()[:4] == b"\x89PNG"
+    # A missing version or run is a one-line error, not a traceback.
+    assert main(["sample", "--prompt", "x", "--run", "no-such-run",
+                 "--out", str(tmp_path / "none.png")]) == 2
     assert main(["sample", "--prompt", "x", "--model", f"models:/{MODEL_NAME}/99999",
                  "--out", str(tmp_path / "none.png")]) == 2
     assert register(run_id, export, {"fid": 1.0}) != version  # every run a new version
