@@ -47,17 +47,18 @@ class PlanLine:
 
 def _line(params: Params, step: str, item: str, work: float, rate: float, devices: int,
           basis: str) -> PlanLine:
-    hours = work / rate / 3600.0  # device-hours: the work is shared by `devices`
+    hours = work / rate / 3600.0 if rate else 0.0  # device-hours: shared by `devices`
     return PlanLine(step, item, work, rate, devices, hours, hours * params.cost.rate, basis)
 
 
 def flops_rate(params: Params, flops_per_item: float) -> tuple[float, str]:
-    """Items per second per device at the assumed MFU, and how that was derived."""
+    """Items per second per device at the assumed MFU, and how that was derived; a rate of 0
+    (not projected) when the device's peak is not in cost.peak_tflops."""
     cost = params.cost
     peak = cost.peak_tflops.get(cost.gpu_type)
     if peak is None:
-        raise ValueError(f"cost.peak_tflops has no entry for {cost.gpu_type!r}: add its dense "
-                         "peak TFLOP/s or a measured cost.throughput")
+        return 0.0, (f"not projected: no cost.peak_tflops.{cost.gpu_type} (dense peak) and no "
+                     "cost.throughput given")
     rate = peak * 1e12 * cost.mfu / flops_per_item
     return rate, (f"model FLOPs ({flops_per_item / 1e9:.1f} GFLOP each) at MFU {cost.mfu:g} of "
                   f"{peak:g} TFLOP/s")

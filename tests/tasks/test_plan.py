@@ -78,3 +78,13 @@ def test_demo_plan_counts_the_mirror_not_the_published_sizes():
     assert lines[("encode", "cc3m")].work == 60  # the mirror's CC3M, not 3.3M rows
     assert lines[("encode", "cc3m")].basis.startswith("not projected")
     assert lines[("train", "stage1")].work == 8 * 8
+
+
+def test_a_device_without_a_peak_is_not_projected_rather_than_an_error():
+    full = load_params(profile="full")
+    cpu = dataclasses.replace(full, cost=dataclasses.replace(
+        full.cost, gpu_type="cpu", throughput={}, usd_per_gpu_hour={"cpu": 0.08, "H100": 3.75}))
+    lines = _lines(cpu)
+    assert lines[("train", "stage1")].basis.startswith("not projected: no cost.peak_tflops.cpu")
+    assert lines[("train", "stage1")].device_hours == 0.0
+    assert check_budget(cpu)["cost_usd"] == 0.0
