@@ -1,12 +1,12 @@
 """JourneyDB work plan from a large annotation file: rows/s and peak memory of the planner.
 
-    python benchmarks/plan_journeydb.py [--rows 2000000] [--per-archive 20000] [--window 1000000]
+    python benchmarks/plan_journeydb.py [--rows 2000000] [--per-archive 20000]
 
 Writes annotations in JourneyDB's layout (a .jsonl.tgz of records with img_path
 "./<archive>/<id>.jpg" and a ~120-character prompt; archives interleaved, since nothing promises
 file order) to a temporary folder, then plans it in a fresh child process
-(`tasks.download.journeydb.plan`, every archive, Items built) so the peak RSS is the planner's
-alone. Prints one JSON line.
+(`tasks.download.journeydb.split` then `plan`, every archive, Items built) so the peak RSS is the
+planner's alone. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -49,17 +49,19 @@ def write_annotations(path: Path, rows: int, per_archive: int, seed: int = 0) ->
         tar.addfile(info, io.BytesIO(data))
 
 
-def measure(path: Path, window: int) -> dict:
+def measure(path: Path) -> dict:
     from tasks.download import journeydb
 
     start = time.monotonic()
     archives = items = 0
-    for archive in journeydb.plan(path, "https://host/imgs", 1.0, None, limit=window):
+    folder = path.parent / "split"
+    selected = journeydb.selected_archives(journeydb.split(path, folder), 1.0, None)
+    for archive in journeydb.plan(folder, selected, "https://host/imgs"):
         archives += 1
         items += len(archive.selected or {})
     seconds = time.monotonic() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    return {"rows": items, "archives": archives, "window": window,
+    return {"rows": items, "archives": archives,
             "seconds": round(seconds, 2), "rows_per_s": round(items / seconds),
             "peak_rss_mib": round(peak_mib)}
 
@@ -68,11 +70,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=2_000_000)
     ap.add_argument("--per-archive", type=int, default=20_000)
-    ap.add_argument("--window", type=int, default=1_000_000)
     ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child's entry
     args = ap.parse_args(argv)
     if args.measure:
-        result = measure(args.measure, args.window)
+        result = measure(args.measure)
         print(json.dumps(result))
         return result
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,9 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{args.rows:,} rows written in {time.monotonic() - start:.1f} s "
               f"({path.stat().st_size / 2**20:.0f} MiB)", file=sys.stderr)
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        child = subprocess.run([sys.executable, __file__, "--measure", str(path), "--window",
-                                str(args.window)], capture_output=True, text=True, check=True,
-                               env=env)
+        child = subprocess.run([sys.executable, __file__, "--measure", str(path)],
+                               capture_output=True, text=True, check=True, env=env)
     result = {**json.loads(child.stdout.strip().splitlines()[-1]),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
     print(json.dumps(result))

@@ -23,5 +23,5 @@ def test_s3_get_reads_back_and_cleans_up(s3_service) -> None:
 def test_journeydb_plan_benchmark_plans_every_row():
     from benchmarks.plan_journeydb import main as plan_journeydb
 
-    result = plan_journeydb(["--rows", "3000", "--per-archive", "500", "--window", "700"])
+    result = plan_journeydb(["--rows", "3000", "--per-archive", "500"])
     assert result["rows"] == 3000 and result["archives"] == 6 and result["rows_per_s"] > 0

@@ -2,17 +2,19 @@
 `img_path` ("./000/<id>.jpg") names the image archive data/train/imgs/000.tgz; caption = prompt.
 
 `fraction` takes the leading share of the archives, `max_samples` caps the images across them.
-The annotations are staged in the scratch folder and streamed: one pass counts items per archive
-(counters and the line numbers of repeated images only), then one pass per window of at most
-WINDOW_ITEMS items builds that window's archives, so memory stays bounded whatever the size.
+The annotations are staged in the scratch folder and streamed once, each record written to its
+archive's file in scratch (a repeated image keeps its first entry); each archive's items are then
+built from its own file as the download reaches it, so memory holds the image ids and one
+archive, and time is linear in rows.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from tasks.download.config import JourneyDBParams
 from tasks.download.core import Item, Job, sample_key, valid_caption
@@ -20,9 +22,6 @@ from tasks.download.drivers import Archive, download_archives, match_selected, t
 from tasks.download.fetch import resolve
 
 DATASET = "journeydb"
-
-
-WINDOW_ITEMS = 1_000_000  # items held in memory at once while the plan streams
 
 
 def jsonl_lines(path: Path) -> Iterator[str]:
@@ -42,8 +41,8 @@ def jsonl_lines(path: Path) -> Iterator[str]:
         yield from text
 
 
-def records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(jsonl_lines(path), start=1):
+def records(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -60,20 +59,27 @@ def _where(img_path: str) -> tuple[str, str]:
     return path.parent.name, path.name.partition(".")[0]
 
 
-def first_pass(path: Path) -> tuple[dict[str, int], set[int]]:
-    """Items per archive and the line numbers of repeated images (their first entry counts);
-    only counters, image ids and line numbers are kept, not the records."""
+def split(path: Path, folder: Path) -> dict[str, int]:
+    """One pass: each record to its archive's file under `folder` (a repeated image keeps its
+    first entry); returns items per archive. Held in memory: the image ids and one line."""
+    folder.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     seen: set[str] = set()  # image ids (sample keys are by id): ~70 bytes each
-    repeats: set[int] = set()
-    for number, record in records(path):
-        archive, stem = _where(record["img_path"])
-        if stem in seen:
-            repeats.add(number)
-            continue
-        seen.add(stem)
-        counts[archive] = counts.get(archive, 0) + 1
-    return counts, repeats
+    files: dict[str, Any] = {}
+    try:
+        for _, record in records(jsonl_lines(path)):
+            archive, stem = _where(record["img_path"])
+            if stem in seen:
+                continue
+            seen.add(stem)
+            counts[archive] = counts.get(archive, 0) + 1
+            if archive not in files:
+                files[archive] = open(folder / f"{archive}.jsonl", "w", encoding="utf-8")
+            files[archive].write(json.dumps(record) + "\n")
+    finally:
+        for handle in files.values():
+            handle.close()
+    return counts
 
 
 def selected_archives(counts: dict[str, int], fraction: float, max_samples: int | None
@@ -91,56 +97,35 @@ def selected_archives(counts: dict[str, int], fraction: float, max_samples: int 
     return out
 
 
-def windows(selected: dict[str, int], limit: int = WINDOW_ITEMS) -> Iterator[list[str]]:
-    """Consecutive archives whose items fit in one window of memory."""
-    group: list[str] = []
-    size = 0
-    for name, n in selected.items():
-        if group and size + n > limit:
-            yield group
-            group, size = [], 0
-        group.append(name)
-        size += n
-    if group:
-        yield group
-
-
-def plan(path: Path, images_url: str, fraction: float, max_samples: int | None,
-         counts: dict[str, int] | None = None, repeats: set[int] | None = None,
-         limit: int = WINDOW_ITEMS) -> Iterator[Archive]:
-    """The archives to fetch, in name order, built window by window as the file streams past:
-    one pass to count, then one pass per window of at most `limit` items."""
-    if counts is None or repeats is None:
-        counts, repeats = first_pass(path)
-    selected = selected_archives(counts, fraction, max_samples)
-    for group in windows(selected, limit):
-        wanted = set(group)
-        items: dict[str, list[Item]] = {name: [] for name in group}
-        for number, record in records(path):
-            archive, stem = _where(record["img_path"])
-            if archive not in wanted or number in repeats \
-                    or len(items[archive]) >= selected[archive]:
-                continue
-            prompt = str(record.get("prompt") or "")
-            items[archive].append(Item(
-                sample_key(DATASET, stem), record["img_path"], prompt.strip(),
-                f"{images_url}/{archive}.tgz", skip=valid_caption(prompt, required=True),
-                extra={"img_path": record["img_path"], "archive": archive}))
-        for name in group:
-            if items[name]:
-                stems = {_where(i.extra["img_path"])[1]: i for i in items.pop(name)}
-                yield Archive(name, f"{images_url}/{name}.tgz", "tar", stems)
+def plan(folder: Path, selected: dict[str, int], images_url: str) -> Iterator[Archive]:
+    """The archives to fetch, in name order, each built from its own split file as it is
+    reached (so one archive's items are in memory at a time); time is linear in rows."""
+    for name, wanted in selected.items():
+        items: dict[str, Item] = {}
+        with open(folder / f"{name}.jsonl", encoding="utf-8") as lines:
+            for _, record in records(lines):
+                if len(items) >= wanted:
+                    break
+                stem = _where(record["img_path"])[1]
+                prompt = str(record.get("prompt") or "")
+                items[stem] = Item(
+                    sample_key(DATASET, stem), record["img_path"], prompt.strip(),
+                    f"{images_url}/{name}.tgz", skip=valid_caption(prompt, required=True),
+                    extra={"img_path": record["img_path"], "archive": name})
+        if items:
+            yield Archive(name, f"{images_url}/{name}.tgz", "tar", items)
 
 
 def download(job: Job, source: JourneyDBParams) -> dict[str, Any]:
     name = PurePosixPath(resolve(source.annotations)).name or "annotations.jsonl"
     path: Path = job.transfer.fetch_archive(source.annotations, job.scratch / name)
-    counts, repeats = first_pass(path)
-    selected = selected_archives(counts, source.fraction, source.max_samples)
+    folder = job.scratch / "journeydb-split"
+    shutil.rmtree(folder, ignore_errors=True)  # a split left by a crash is redone whole
+    selected = selected_archives(split(path, folder), source.fraction, source.max_samples)
     job.bar.reset(total=sum(selected.values()))
-    archives = plan(path, resolve(source.images).rstrip("/"), source.fraction,
-                    source.max_samples, counts, repeats)
+    archives = plan(folder, selected, resolve(source.images).rstrip("/"))
     outcome = download_archives(job, archives, match_selected, None)
+    shutil.rmtree(folder, ignore_errors=True)
     if path.is_relative_to(job.scratch):
         path.unlink(missing_ok=True)  # kept after a failure: the rerun plans from it again
     return outcome

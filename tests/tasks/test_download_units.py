@@ -91,8 +91,11 @@ def test_sa1b_link_list_and_journeydb_annotations(tmp_path):
                       [("000", "x1", "p1"), ("000", "x1", "dup"), ("001", "y.2", "")])
     path = tmp_path / "anno.jsonl.tgz"
     path.write_bytes(tar_bytes([("anno.jsonl", lines.encode())], gzip=True))
-    plan = journeydb.plan(path, "http://m/imgs", 1.0, None)
-    assert iter(plan) is plan  # a generator: archives are built as the file streams past
+    counts = journeydb.split(path, tmp_path / "split")
+    assert counts == {"000": 1, "001": 1}
+    plan = journeydb.plan(tmp_path / "split", journeydb.selected_archives(counts, 1.0, None),
+                          "http://m/imgs")
+    assert iter(plan) is plan  # a generator: an archive's items are built when it is reached
     by_archive = {a.name: list(a.selected.values()) for a in plan}
     assert {k: [i.key for i in v] for k, v in by_archive.items()} == {
         "000": ["journeydb-x1"], "001": ["journeydb-y"]}
@@ -101,23 +104,27 @@ def test_sa1b_link_list_and_journeydb_annotations(tmp_path):
     assert by_archive["000"][0].url == "http://m/imgs/000.tgz"
 
 
-def test_journeydb_plan_streams_in_bounded_windows(tmp_path):
-    """Windows of a few items give the plan of one big window; fraction and max_samples hold."""
+def test_journeydb_plan_splits_by_archive_and_honours_fraction_and_cap(tmp_path):
+    """Archives interleaved in the file: split once, then each archive from its own file."""
     rows = [(f"{a:03d}", f"i{a}_{k}") for k in range(5) for a in range(7)]  # archives mixed
     path = tmp_path / "anno.jsonl"
     path.write_text("\n".join(json.dumps({"img_path": f"./{a}/{s}.jpg", "prompt": f"p {s}"})
                               for a, s in rows))
+    counts = journeydb.split(path, tmp_path / "split")
+    assert counts == {f"{a:03d}": 5 for a in range(7)}
+    assert sorted(p.name for p in (tmp_path / "split").iterdir()) == \
+        [f"{a:03d}.jsonl" for a in range(7)]
 
-    def keys(plan):
-        return {a.name: sorted(i.key for i in a.selected.values()) for a in plan}
+    def keys(fraction, cap):
+        selected = journeydb.selected_archives(counts, fraction, cap)
+        return {a.name: sorted(i.key for i in a.selected.values())
+                for a in journeydb.plan(tmp_path / "split", selected, "u")}
 
-    whole = keys(journeydb.plan(path, "u", 1.0, None))
+    whole = keys(1.0, None)
     assert len(whole) == 7 and all(len(v) == 5 for v in whole.values())
-    assert keys(journeydb.plan(path, "u", 1.0, None, limit=6)) == whole  # 7 windows
-    assert list(journeydb.windows({"a": 5, "b": 5, "c": 5}, limit=10)) == [["a", "b"], ["c"]]
-    capped = keys(journeydb.plan(path, "u", 1.0, 12))
-    assert [len(v) for v in capped.values()] == [5, 5, 2]  # name order, cut at 12 items
-    assert list(keys(journeydb.plan(path, "u", 0.3, None))) == ["000", "001", "002"]
+    assert whole["003"] == sorted(f"journeydb-i3_{k}" for k in range(5))
+    assert [len(v) for v in keys(1.0, 12).values()] == [5, 5, 2]  # name order, cut at 12
+    assert list(keys(0.3, None)) == ["000", "001", "002"]
 
 
 def test_archive_entries_report_truncation_and_missing_members(tmp_path):
