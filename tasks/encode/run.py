@@ -118,11 +118,7 @@ def native_short_side(meta: dict[str, Any], image: Any) -> int:
 
 def plan(params: Params, dataset: str) -> list[list[str]]:
     """Raw shard URIs of a dataset in units of `shards_per_unit`."""
-    manifest = read_manifest(raw_prefix(params, dataset))
-    if manifest is None:
-        raise FileNotFoundError(f"no raw manifest for {dataset} at {raw_prefix(params, dataset)}:"
-                                " run the download step first")
-    uris = [s.uri for s in manifest.shards]
+    uris = list(raw_records(params, dataset))
     n = params.encode.shards_per_unit
     return [uris[i:i + n] for i in range(0, len(uris), n)]
 
