@@ -14,17 +14,15 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import resource
-import subprocess
-import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.child import generate_then_measure
 
 WORDS = np.array("a photo of the red blue cat dog castle forest city at night in style "
                  "by artstation trending highly detailed octane render 8k portrait".split())
@@ -78,15 +76,9 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train_anno_realease_repath.jsonl.tgz"
-        start = time.monotonic()
-        write_annotations(path, args.rows, args.per_archive)
-        print(f"{args.rows:,} rows written in {time.monotonic() - start:.1f} s "
-              f"({path.stat().st_size / 2**20:.0f} MiB)", file=sys.stderr)
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        child = subprocess.run([sys.executable, __file__, "--measure", str(path)],
-                               capture_output=True, text=True, check=True, env=env)
-    result = {**json.loads(child.stdout.strip().splitlines()[-1]),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+        result = generate_then_measure(
+            __file__, path, lambda: write_annotations(path, args.rows, args.per_archive),
+            args.rows)
     print(json.dumps(result))
     return result
 

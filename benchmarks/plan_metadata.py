@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from benchmarks.child import generate_then_measure
 
 WORDS = np.array("a photo of the red blue cat dog castle forest city at night in style "
                  "by artstation trending highly detailed octane render 8k portrait".split())
@@ -83,16 +81,9 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "metadata-large.parquet"
-        start = time.monotonic()
-        write_metadata(path, args.rows, args.per_part, args.shuffled)
-        print(f"{args.rows:,} rows written in {time.monotonic() - start:.1f} s "
-              f"({path.stat().st_size / 2**20:.0f} MiB)", file=sys.stderr)
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        child = subprocess.run([sys.executable, __file__, "--measure", str(path)],
-                               capture_output=True, text=True, check=True, env=env)
-    result = {**json.loads(child.stdout.strip().splitlines()[-1]),
-              "shuffled": args.shuffled,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
+        result = generate_then_measure(
+            __file__, path, lambda: write_metadata(path, args.rows, args.per_part, args.shuffled),
+            args.rows, {"shuffled": args.shuffled})
     print(json.dumps(result))
     return result
 
