@@ -22,7 +22,25 @@ def metric_names(result: dict[str, Any]) -> dict[str, str]:
     """Protocol-qualified MLflow metric names, e.g. eval/fid_n30000_256px."""
     protocol = result["protocol"]
     suffix = f"n{protocol['num_samples']}_{protocol['resolution']}px"
-    return {"fid": f"eval/fid_{suffix}", "clip_score": f"eval/clip_score_{suffix}"}
+    return {"fid": f"eval/fid_{suffix}", "clip_score": f"eval/clip_score_{suffix}",
+            "prompt": f"eval/prompt_{{name}}_{{group}}_{suffix}"}
+
+
+def following_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """Prompt-following accuracies under protocol-qualified names (the demo vocabulary only):
+    per attribute and all-correct, for seen and held-out pairs, and chance's all-correct."""
+    following = result.get("prompt_following")
+    if not following:
+        return {}
+    template = metric_names(result)["prompt"]
+    out = {}
+    for group in ("seen", "held_out"):
+        scores = following.get(group) or {}
+        if scores.get("n"):
+            out |= {template.format(name=name, group=group): float(scores[name])
+                    for name in ("shape", "color", "position", "all")}
+    out[template.format(name="all", group="chance")] = float(following["chance"]["all"])
+    return out
 
 
 def start_run(name: str) -> str:
@@ -42,6 +60,8 @@ def log_result(run_id: str, result: dict[str, Any], grid_png: bytes) -> None:
     client.log_metric(run_id, names["fid"], result["fid"])
     if result.get("clip_score") is not None:
         client.log_metric(run_id, names["clip_score"], result["clip_score"])
+    for name, value in following_metrics(result).items():
+        client.log_metric(run_id, name, value)
     key = result["protocol_hash"]
     for field, value in result["protocol"].items():
         client.set_tag(run_id, f"eval.{field}", str(value))
@@ -51,6 +71,16 @@ def log_result(run_id: str, result: dict[str, Any], grid_png: bytes) -> None:
         (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True))
         (folder / "samples_grid.png").write_bytes(grid_png)
         client.log_artifacts(run_id, str(folder), artifact_path=f"eval/{key}")
+
+
+def following_lines(following: dict[str, Any] | None) -> list[str]:
+    """Markdown rows of prompt-following (seen, held-out, chance), or none outside the demo."""
+    if not following:
+        return []
+    from tasks.report.summary import prompt_following_table
+
+    return ["Prompt following (shape, color, position of each image against its prompt):", "",
+            prompt_following_table(following), ""]
 
 
 def result_markdown(result: dict[str, Any]) -> str:
@@ -67,6 +97,7 @@ def result_markdown(result: dict[str, Any]) -> str:
         f"| CLIP score ({protocol['clip_model']}) | "
         f"{'not computed' if clip is None else f'{clip:.3f}'} |",
         "",
+        *following_lines(result.get("prompt_following")),
         "Protocol (numbers are comparable only under an equal protocol):",
         "",
         "| field | value |",

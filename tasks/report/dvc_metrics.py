@@ -1,6 +1,7 @@
 """The small, flat metrics file that `dvc metrics show` prints as one compact row per revision.
 
-out/metrics.json holds only numbers under short keys: the final FID and CLIP score, the total
+out/metrics.json holds only numbers under short keys: the final FID and CLIP score, the demo's
+prompt-following (all-correct share for seen and held-out pairs, and chance's), the total
 cost and device-hours, and per training stage its GPU-hours, cost and images seen. The full
 step summaries stay in out/<step>.json (and the evaluation protocol in out/evaluate.json).
 """
@@ -16,7 +17,7 @@ from tasks.report.ledger import LedgerRow, totals
 
 def flat_metrics(params: Params, envelopes: list[dict[str, Any]], rows: list[LedgerRow]
                  ) -> dict[str, float | int]:
-    """{fid, clip_score, cost_usd, device_hours, <stage>_gpu_hours, <stage>_cost_usd,
+    """{fid, clip_score, follow_seen_all, follow_held_out_all, follow_chance_all, cost_usd, device_hours, <stage>_gpu_hours, <stage>_cost_usd,
     <stage>_images} for the steps present; a missing value is left out, never zero."""
     results = {env["step"]: env.get("result") or {} for env in envelopes}
     evaluation = results.get("evaluate", {})
@@ -24,6 +25,12 @@ def flat_metrics(params: Params, envelopes: list[dict[str, Any]], rows: list[Led
     for key in ("fid", "clip_score"):
         if evaluation.get(key) is not None:
             out[key] = round(float(evaluation[key]), 4)
+    following = evaluation.get("prompt_following") or {}
+    for group in ("seen", "held_out"):
+        if (following.get(group) or {}).get("n"):
+            out[f"follow_{group}_all"] = round(float(following[group]["all"]), 4)
+    if following:
+        out["follow_chance_all"] = round(float(following["chance"]["all"]), 4)
     total = totals(rows)
     out["cost_usd"] = round(total["cost_usd"], 4)
     out["device_hours"] = round(total["device_hours"], 4)

@@ -36,3 +36,31 @@ def test_no_prompt_following_outside_the_demo_vocabulary():
     metrics = final_metrics(_envelopes(None))
     assert not any(key.startswith("prompt_") for key in metrics)
     assert "Prompt following" not in report_markdown("demo", _envelopes(None), [])
+
+
+def test_evaluate_run_logs_prompt_following_next_to_fid():
+    from tasks.evaluate.tracking import following_metrics, result_markdown
+
+    result = {"fid": 300.0, "prompt_following": FOLLOWING,
+              "protocol": {"num_samples": 32, "resolution": 64, "clip_model": None}}
+    metrics = following_metrics(result)
+    assert metrics["eval/prompt_all_seen_n32_64px"] == 0.85
+    assert metrics["eval/prompt_position_held_out_n32_64px"] == 1.0
+    assert metrics["eval/prompt_all_chance_n32_64px"] == 1 / 48
+    assert len(metrics) == 9  # 4 attributes x 2 groups + chance
+    assert following_metrics({**result, "prompt_following": None}) == {}
+    text = result_markdown({**result, "checkpoint": "s3://b/c", "clip_score": None,
+                            "real_stats": "r", "samples": "s"})
+    assert "| seen pairs | 30 | 90.0% | 95.0% | 100.0% | 85.0% |" in text
+
+
+def test_dvc_metrics_carry_all_correct_per_group_and_chance():
+    from tasks.params import load_params
+    from tasks.report.dvc_metrics import flat_metrics
+
+    envelopes = _envelopes(FOLLOWING)
+    metrics = flat_metrics(load_params(profile="demo"), envelopes, [])
+    assert metrics["follow_seen_all"] == 0.85 and metrics["follow_held_out_all"] == 0.5
+    assert metrics["follow_chance_all"] == round(1 / 48, 4)
+    assert not any(k.startswith("follow_") for k in
+                   flat_metrics(load_params(profile="demo"), _envelopes(None), []))
