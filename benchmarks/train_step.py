@@ -101,8 +101,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def make_step(model_config: MicroDiTConfig, bench: BenchConfig,
-              mask_ratio: float) -> tuple[Callable[[torch.Tensor, torch.Tensor], float], int]:
+              mask_ratio: float) -> tuple[Step, int]:
     """A closure running one optimizer step on a batch, and the model's parameter count."""
     device = torch.device(bench.device)
     precond = EDMPrecond(build_model(model_config).to(device)).train()
@@ -129,6 +132,18 @@ def make_step(model_config: MicroDiTConfig, bench: BenchConfig,
     return step, count_parameters(precond.net)
 
 
+def time_steps(step: Step, latents: torch.Tensor, text: torch.Tensor, steps: int,
+               device: torch.device) -> tuple[float, torch.Tensor | None]:
+    """(seconds for `steps` back-to-back steps on one batch, the last loss). The device is
+    synchronised once at the end, so the host queues steps ahead as a training loop would."""
+    loss = None
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step(latents, text)
+    synchronize(device)
+    return time.perf_counter() - start, loss
+
+
 def peak_memory_gib(device: torch.device) -> float:
     """Peak allocated GPU memory, or the process's peak resident memory on the CPU."""
     if device.type == "cuda":
@@ -150,17 +165,9 @@ def run_case(bench: BenchConfig, mask_ratio: float) -> dict[str, object]:
                        generator=generator).to(text_dtype)
     step, params = make_step(model_config, bench, mask_ratio)
 
-    start = time.perf_counter()
-    for _ in range(bench.warmup):
-        step(latents, text)
-    synchronize(device)
-    warmup_s = time.perf_counter() - start
-
-    start = time.perf_counter()
-    for _ in range(bench.steps):
-        loss = step(latents, text)
-    synchronize(device)
-    step_s = (time.perf_counter() - start) / bench.steps
+    warmup_s, _ = time_steps(step, latents, text, bench.warmup, device)
+    step_s, loss = time_steps(step, latents, text, bench.steps, device)
+    step_s /= bench.steps
     if not torch.isfinite(loss):
         raise FloatingPointError(f"non-finite loss {loss.item()} at mask ratio {mask_ratio}")
 
