@@ -4,7 +4,8 @@ Usage: python -m tasks.models [--profile demo] [--force]
 Each model is saved in Hugging Face format and later loaded with from_pretrained, so the demo
 exercises the real loading code offline. The text tower and the captioner are random-init; the
 VAE is trained on generated demo images (tasks/encode/tiny.py, about a minute on 2 cores).
-Existing folders are kept unless --force, the VAE only while its recipe hash is unchanged.
+Existing folders are kept unless --force, the VAE only while its recipe hash is unchanged and
+the text tower while its version (tasks/encode/tiny.py, TEXT_VERSION) is.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ def builders(params: Params) -> dict[str, Callable[[Path], Path]]:
 def is_current(build: Callable[[Path], Path], path: Path) -> bool:
     """Whether the folder holds what `build` would make: the trained VAE under its recipe hash,
     any other model as soon as its config.json exists."""
-    from tasks.encode.tiny import recipe_matches, train_demo_vae
+    from tasks.encode.tiny import (recipe_matches, save_tiny_text_encoder, text_encoder_current,
+                                   train_demo_vae)
 
     if build is train_demo_vae:
         return recipe_matches(path)
+    if build is save_tiny_text_encoder:
+        return text_encoder_current(path)
     return (path / "config.json").exists()
 
 

@@ -1,7 +1,10 @@
 """Tiny random-init encoders saved in Hugging Face format, for tests and the demo profile.
 
 They exercise the real loading code (`from_pretrained`) with no download. The tokenizer is a
-byte-level CLIP BPE with no merges: every byte is a token, so any caption tokenizes offline.
+byte-level CLIP BPE, so any caption tokenizes offline, with merges that make each word of the
+demo captions one token (`demo_words`), as a BPE trained on them would: a random-init tower
+reading one byte per token hides which word it saw, and the demo model then cannot learn
+shape and position from the text in a CPU-sized run.
 The demo VAE is the one model here that is trained (`train_demo_vae`): on images drawn like the
 demo mirror's, on CPU in a minute or two, and cached by a hash of its recipe.
 """
@@ -12,6 +15,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,16 +44,63 @@ def _byte_unicode_table() -> list[str]:
     return table
 
 
+TEXT_VERSION = 2  # 2: whole-word merges for the demo vocabulary (1: bytes only)
+BOS, EOS = 512, 513  # ids after the 2 x 256 byte tokens; merged words follow from 514
+
+
+def demo_words() -> list[str]:
+    """Every word of the demo captions: the caption templates and the attribute vocabulary."""
+    from infra.mirror.corpus import STYLES
+    from tasks.evaluate.attributes import BACKGROUNDS, COLORS, POSITIONS, SHAPES
+
+    text = " ".join([*(t for templates in STYLES.values() for t in templates), *SHAPES,
+                     *COLORS, *BACKGROUNDS, *POSITIONS])
+    return sorted(set(re.findall(r"[a-z]+", text.replace("{", " {").lower())) - {
+        "c", "s", "p", "b"})  # the template fields themselves
+
+
+def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE of one word: merge the best-ranked adjacent pair until none is known."""
+    parts = [*word[:-1], word[-1] + "</w>"]
+    while len(parts) > 1:
+        pairs = [(ranks.get(pair, math.inf), i) for i, pair in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(pairs)
+        if rank == math.inf:
+            break
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+def word_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Merges, in rank order, after which each word (length >= 2) is one token. A new merge
+    ranks last, so it only joins what earlier merges left; repeat until every word is whole."""
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+    changed = True
+    while changed:
+        changed = False
+        for word in words:
+            parts = _bpe(word, ranks)
+            while len(parts) > 1:
+                ranks[(parts[0], parts[1])] = len(merges)
+                merges.append((parts[0], parts[1]))
+                parts, changed = _bpe(word, ranks), True
+    return merges
+
+
 def save_tiny_tokenizer(path: Path | str, max_length: int = 77) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     chars = _byte_unicode_table()
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({f"{c}</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
+    vocab["<|startoftext|>"] = BOS
+    vocab["<|endoftext|>"] = EOS
+    merges = word_merges([w for w in demo_words() if len(w) > 1])
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
     (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
+    (path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     tokenizer = CLIPTokenizer(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"),
                               model_max_length=max_length)
     tokenizer.save_pretrained(path)
@@ -60,12 +111,23 @@ def save_tiny_text_encoder(path: Path | str, hidden: int = TINY_TEXT_DIM, seed: 
     """A 2-layer CLIP text tower of width `hidden` plus its tokenizer, in one folder."""
     path = save_tiny_tokenizer(path)
     torch.manual_seed(seed)
-    config = CLIPTextConfig(vocab_size=514, hidden_size=hidden, intermediate_size=hidden * 2,
-                            num_hidden_layers=2, num_attention_heads=2,
-                            max_position_embeddings=77, bos_token_id=512, eos_token_id=513,
-                            pad_token_id=513)
+    vocab_size = len(json.loads((path / "vocab.json").read_text()))
+    config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden,
+                            intermediate_size=hidden * 2, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=77, bos_token_id=BOS,
+                            eos_token_id=EOS, pad_token_id=EOS)
     CLIPTextModel(config).save_pretrained(path)
+    (path / TEXT_VERSION_FILE).write_text(json.dumps({"version": TEXT_VERSION}))
     return path
+
+
+TEXT_VERSION_FILE = "tiny_text_version.json"
+
+
+def text_encoder_current(path: Path | str) -> bool:
+    """Whether a saved tiny text tower is this module's TEXT_VERSION."""
+    record = Path(path) / TEXT_VERSION_FILE
+    return record.is_file() and json.loads(record.read_text()).get("version") == TEXT_VERSION
 
 
 def save_tiny_vae(path: Path | str, seed: int = 0) -> Path:
