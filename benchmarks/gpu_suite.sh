@@ -104,7 +104,7 @@ else
   # Production settings (params.yaml: batch 64, dynamic KV cache); static + compile via the knob.
   # shellcheck disable=SC2206
   CAPTION=(--arch llava-7b --images 128 --batch 64 --skip-batch1 ${MB_SUITE_CAPTION_FLAGS:-})
-  ABLATION=(--device cuda)
+  ABLATION=(--device cuda --workers 15)  # one process per run: 15 runs, 16 cores
 fi
 
 # Latent shards for the loader part, written on the CPU while the training cases compile.
@@ -158,6 +158,6 @@ echo "== gpu_suite: ${SUITE_S}s, results in $RESULT"
 
 # Optional hook, outside the budget above: the masking ablation (written separately).
 if [[ -f benchmarks/masking_ablation.py ]]; then
-  timeout 200 $PY -m benchmarks.masking_ablation "${ABLATION[@]}" --out "$OUT/ablation.json"
+  timeout "${MB_SUITE_ABLATION_S:-240}" $PY -m benchmarks.masking_ablation "${ABLATION[@]}" --out "$OUT/ablation.json"
   echo "== masking_ablation: rc=$?"
 fi
