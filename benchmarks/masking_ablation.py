@@ -214,13 +214,21 @@ def real_images(cfg: AblationConfig) -> torch.Tensor:
                                       for item, _ in draw_scenes(cfg.real_images, 5_000)]))
 
 
-def fid_against(real: torch.Tensor, fake: torch.Tensor, device: torch.device) -> float:
+def fid_metric(real: torch.Tensor, device: torch.device) -> Any:
+    """A FID metric holding the real side's features (computed once, kept across resets)."""
     from tasks.evaluate.inception import load_inception
-    from tasks.evaluate.metrics import fid_value, new_fid
+    from tasks.evaluate.metrics import new_fid
 
     fid = new_fid(load_inception(device=device)).to(device)
     for start in range(0, real.shape[0], 64):
         fid.update(real[start:start + 64].to(device), real=True)
+    return fid
+
+
+def fid_against(fid: Any, fake: torch.Tensor, device: torch.device) -> float:
+    from tasks.evaluate.metrics import fid_value
+
+    fid.reset()  # the generated side only: new_fid keeps the real features
     for start in range(0, fake.shape[0], 64):
         fid.update(fake[start:start + 64].to(device), real=False)
     return fid_value(fid)
@@ -284,11 +292,11 @@ def score_fid(cfg: AblationConfig, results: list[dict[str, Any]],
         print(f"FID left for --rescore: {err}", flush=True)
         return False
     device = torch.device("cuda" if cfg.device == "cuda" else "cpu")
-    real = real_images(cfg)
+    fid = fid_metric(real_images(cfg), device)
     for result in results:
         for point in result["curve"]:
             key = f"{run_id(result)}@{point['step']}"
-            point["fid"] = fid_against(real, torch.from_numpy(images[key]), device)
+            point["fid"] = fid_against(fid, torch.from_numpy(images[key]), device)
         result["fid"] = result["curve"][-1]["fid"]
     return True
 
@@ -412,9 +420,11 @@ def parse_args(argv: list[str] | None) -> tuple[AblationConfig, argparse.Namespa
     p.add_argument("--rescore", type=Path, help="compute FID for a report measured without "
                    "the Inception (the GPU machine), from the .npz beside it")
     p.add_argument("--eval-prompts", type=int)
+    p.add_argument("--real-images", type=int)
     args = p.parse_args(argv)
     cfg = dataclasses.replace(SMOKE if args.smoke else FULL, device=args.device)
-    for name in ("steps", "batch", "lr", "train_images", "model", "eval_prompts"):
+    for name in ("steps", "batch", "lr", "train_images", "model", "eval_prompts",
+                 "real_images"):
         if getattr(args, name) is not None:
             cfg = dataclasses.replace(cfg, **{name: getattr(args, name)})
     if args.seeds:
