@@ -18,11 +18,12 @@ from prefect.artifacts import create_markdown_artifact
 from infra.settings import mlflow_uri
 from tasks.params import Params
 from tasks.report.ledger import STEPS, ledger, rows_as_dicts, totals
-from tasks.report.summary import final_metrics, report_markdown
-from tasks.report.chart import cost_chart, planned_markdown
+from tasks.report.summary import fid_curve, final_metrics, report_markdown
+from tasks.report.chart import cost_chart, fid_chart, planned_markdown
 from tasks.report.dvc_metrics import flat_metrics
-from tasks.report.tracking import (CHART_PATH, GRID_PATH, artifact_url, finish_pipeline_run,
-                                   log_step_run, run_url, start_pipeline_run)
+from tasks.report.tracking import (CHART_PATH, FID_CHART_PATH, GRID_PATH, artifact_url,
+                                   finish_pipeline_run, log_step_run, run_url,
+                                   start_pipeline_run)
 
 def planned_by_step(params: Params) -> dict[str, dict[str, float]]:
     """The plan's device-hours and dollars per step, for planned-vs-actual."""
@@ -72,13 +73,21 @@ def report(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str) 
     markdown += ("\n## Where the money went\n\n" + planned_markdown(rows, planned) + "\n\n"
                  f"![cost per step, actual and planned]"
                  f"({artifact_url(parent_run_id, CHART_PATH)})\n")
+    curve = fid_curve(envelopes)
+    if curve:
+        markdown += ("\n## FID against images seen\n\n| stage | images seen | FID |\n|---|---:|---:|\n"
+                     + "".join(f"| {p['stage']} | {p['images_seen']:,} | {p['fid']:.2f} |\n"
+                               for p in curve)
+                     + f"\n![FID against images seen]"
+                       f"({artifact_url(parent_run_id, FID_CHART_PATH)})\n")
     finish_pipeline_run(parent_run_id, rows, metrics, markdown, grid, planned,
-                        cost_chart(rows, planned))
+                        cost_chart(rows, planned), curve, fid_chart(curve) if curve else None)
     return {"mlflow_run_id": parent_run_id, "mlflow_url": link, "grid_url": grid_link,
             "cost": rows_as_dicts(rows), "planned": planned,
             "model_version": register_run_model(params, envelopes, parent_run_id,
                                                 totals(rows)["cost_usd"]),
-            "totals": totals(rows), "metrics": metrics, "markdown": markdown}
+            "totals": totals(rows), "metrics": metrics, "fid_curve": curve,
+            "markdown": markdown}
 
 
 def previous_costs(params: Params, previous: list[dict[str, str]]) -> dict[str, float]:

@@ -47,6 +47,22 @@ def final_metrics(envelopes: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def fid_curve(envelopes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """FID of each scored stage against the images seen when its checkpoint was saved (the
+    stages' images summed up to it), in training order; empty unless two or more were scored."""
+    steps = _by_step(envelopes)
+    by_stage = steps.get("evaluate", {}).get("by_stage") or {}
+    stages = steps.get("train", {}).get("stages") or {}
+    points, seen = [], 0
+    for name, stage in stages.items():
+        seen += int(stage.get("images", 0))
+        if name in by_stage and by_stage[name].get("fid") is not None:
+            points.append({"stage": name, "images_seen": seen,
+                           "fid": float(by_stage[name]["fid"]),
+                           "resolution": by_stage[name].get("resolution")})
+    return points if len(points) > 1 else []
+
+
 def prompt_following_table(following: dict[str, Any]) -> str:
     """Accuracy per attribute and all-correct, for seen and held-out (shape, color) pairs, with
     uniform guessing's accuracy beside them."""

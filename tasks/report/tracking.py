@@ -124,7 +124,9 @@ def log_step_run(parent_id: str, row: LedgerRow, result: dict[str, Any]) -> str:
 def finish_pipeline_run(parent_id: str, rows: list[LedgerRow], metrics: dict[str, float],
                         report_md: str, grid_png: bytes | None = None,
                         planned: dict[str, dict[str, float]] | None = None,
-                        chart_png: bytes | None = None) -> None:
+                        chart_png: bytes | None = None,
+                        fid_curve: list[dict[str, Any]] | None = None,
+                        fid_png: bytes | None = None) -> None:
     """Cost table (actual and planned per step), totals and final metrics on the parent run,
     the cost chart and the report, then close it."""
     client = _client()
@@ -143,6 +145,9 @@ def finish_pipeline_run(parent_id: str, rows: list[LedgerRow], metrics: dict[str
     client.log_metric(parent_id, "wall_seconds", total["seconds"])
     for key, value in metrics.items():
         client.log_metric(parent_id, key, value)
+    for point in fid_curve or []:  # MLflow's chart of it has images seen on the x axis
+        client.log_metric(parent_id, "eval/fid_by_images_seen", point["fid"],
+                          step=point["images_seen"])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "cost_table.json").write_text(json.dumps(rows_as_dicts(rows), indent=2))
@@ -151,6 +156,8 @@ def finish_pipeline_run(parent_id: str, rows: list[LedgerRow], metrics: dict[str
             (folder / GRID_PATH.split("/")[-1]).write_bytes(grid_png)
         if chart_png:
             (folder / CHART_PATH.split("/")[-1]).write_bytes(chart_png)
+        if fid_png:
+            (folder / FID_CHART_PATH.split("/")[-1]).write_bytes(fid_png)
         client.log_artifacts(parent_id, str(folder), artifact_path="report")
     client.set_terminated(parent_id)
 
@@ -168,6 +175,7 @@ def fail_pipeline_run(parent_id: str, step: str, message: str,
 
 GRID_PATH = "report/samples_grid.png"  # where finish_pipeline_run logs the sample grid
 CHART_PATH = "report/cost_by_step.png"  # and the cost chart
+FID_CHART_PATH = "report/fid_by_images_seen.png"  # and FID against images seen
 
 
 def artifact_url(run_id: str, path: str) -> str:

@@ -64,3 +64,21 @@ def test_dvc_metrics_carry_all_correct_per_group_and_chance():
     assert metrics["follow_chance_all"] == round(1 / 48, 4)
     assert not any(k.startswith("follow_") for k in
                    flat_metrics(load_params(profile="demo"), _envelopes(None), []))
+
+
+def test_fid_curve_puts_each_scored_stage_at_the_images_seen_so_far():
+    from tasks.report.chart import fid_chart
+    from tasks.report.summary import fid_curve
+
+    train = {"stages": {"stage1": {"images": 19200}, "stage2": {"images": 57600}}}
+    by_stage = {"stage1": {"fid": 250.0, "resolution": 64},
+                "stage2": {"fid": 180.0, "resolution": 64}}
+    envelopes = [{"step": "train", "result": train},
+                 {"step": "evaluate", "result": {"fid": 180.0, "by_stage": by_stage}}]
+    curve = fid_curve(envelopes)
+    assert [(p["stage"], p["images_seen"], p["fid"]) for p in curve] == [
+        ("stage1", 19200, 250.0), ("stage2", 76800, 180.0)]
+    assert fid_chart(curve)[:8] == b"\x89PNG\r\n\x1a\n"
+    # One scored stage is no curve.
+    del by_stage["stage1"]
+    assert fid_curve(envelopes) == []
