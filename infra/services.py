@@ -200,8 +200,8 @@ def all_services() -> list[Service]:
         _worker("cpu"),
         _worker("gpu"),
         Service("mirror",
-                lambda: [sys.executable, "-m", "infra.mirror", "serve", "--dir",
-                         str(state("mirror", "x").parent)],
+                lambda: [sys.executable, "-m", "infra.mirror", "serve", "--size", "demo",
+                         "--dir", str(state("mirror", "x").parent)],
                 lambda: [p.mirror], lambda: http_ok(f"http://127.0.0.1:{p.mirror}/"), 60,
                 env=lambda: {"PYTHONPATH": str(settings.REPO_ROOT)}),
     ]
