@@ -470,28 +470,29 @@ def main(argv: list[str] | None = None) -> None:
     todo = [r for r in runs(cfg, tuple(args.budgets.split(","))) if r[0] in wanted]
     started = time.monotonic()
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.out.with_suffix(".partial.jsonl")  # what finished, if time runs out
+
+    def record(result: dict[str, Any]) -> None:
+        results.append(result)
+        line = {k: v for k, v in result.items() if k not in ("images", "grid")}
+        with partial.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        print(f"{result['variant']:8s} {result['budget']:5s} seed {result['seed']}: "
+              f"{result['steps']} steps {result['train_seconds']} s, all-correct "
+              f"{result['prompt_following']['all']:.2f}", flush=True)
+
+    results: list[dict[str, Any]] = []
     if args.workers > 1:
         import multiprocessing
-
         from concurrent.futures import as_completed
 
-        results = []
-        partial = args.out.with_suffix(".partial.jsonl")  # what finished, if time runs out
         with ProcessPoolExecutor(args.workers,
                                  mp_context=multiprocessing.get_context("spawn")) as pool:
             for done in as_completed([pool.submit(one_run, cfg, *r) for r in todo]):
-                results.append(done.result())
-                line = {k: v for k, v in results[-1].items() if k not in ("images", "grid")}
-                with partial.open("a") as f:
-                    f.write(json.dumps(line) + "\n")
+                record(done.result())
     else:
-        results = []
         for variant, budget, seed in todo:
-            results.append(one_run(cfg, variant, budget, seed))
-            r = results[-1]
-            print(f"{variant:8s} {budget:5s} seed {seed}: {r['steps']} steps "
-                  f"{r['train_seconds']} s, all-correct {r['prompt_following']['all']:.2f}",
-                  flush=True)
+            record(one_run(cfg, variant, budget, seed))
     images = {f"{run_id(r)}@{step}": array for r in results
               for step, array in r.pop("images").items()}
     final = {f"{run_id(r)}@{r['steps']}" for r in results}

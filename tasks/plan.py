@@ -84,10 +84,10 @@ def train_lines(params: Params) -> list[PlanLine]:
 
 
 def mirror_images(dataset: str) -> int:
-    """Images the local mirror generates for a dataset (the demo's sources)."""
-    from infra.mirror.corpus import CorpusSize
+    """Images the local mirror service generates for a dataset (the demo's sources)."""
+    from infra.mirror.corpus import DEMO_SIZE
 
-    size = CorpusSize()
+    size = DEMO_SIZE
     return {"cc3m": size.cc3m, "sa1b": size.sa1b_archives * size.sa1b_per_archive,
             "textcaps": size.textcaps,
             "journeydb": size.journeydb_archives * size.journeydb_per_archive,

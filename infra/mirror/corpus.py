@@ -83,11 +83,12 @@ class CorpusSize:
 
 
 # The demo's corpus (what `make demo` downloads from the mirror service): JourneyDB and
-# DiffusionDB at 400 images per archive/part, about 2,000 captioned training images, enough for
-# the tiny model to learn shape, color and position from captions (docs/benchmarks.md); with
-# the 175 of the default size it only memorises. The other datasets keep the default size: CC3M's
-# per-URL defects cost seconds each, and the tests' own corpora stay small.
-DEMO_SIZE = CorpusSize(journeydb_per_archive=400, diffusiondb_per_part=400)
+# DiffusionDB at 400 images per archive/part and TextCaps at 600, about 2,500 captioned training
+# images, so that the tiny model can learn shape, color and position from captions
+# (docs/benchmarks.md): with the 175 of the default size it memorises, and COCO's descriptive
+# prompts need descriptive training captions (TextCaps') beside the prompt-style majority. CC3M
+# keeps the default size (its per-URL defects cost seconds each); the tests' corpora stay small.
+DEMO_SIZE = CorpusSize(textcaps=600, journeydb_per_archive=400, diffusiondb_per_part=400)
 SIZES = {"default": CorpusSize(), "demo": DEMO_SIZE}
 
 

@@ -18,6 +18,7 @@ from flows.deploy import deploy
 from infra import s3, services
 from infra.settings import mlflow_uri
 from tasks.common.shards import iter_shard, read_manifest
+from infra.settings import REPO_ROOT
 from tasks.params import load_params
 from tasks.train import checkpoint, keys
 
@@ -61,9 +62,13 @@ def _stage1_pointer(params):
         return None
 
 
+# The demo with few-step training: this test checks resumption and records, not learning.
+QUICK = REPO_ROOT / "tests" / "params" / "quick_demo.yaml"
+
+
 def _kill_when(params, condition, what: str) -> None:
     """Start the pipeline, SIGKILL both workers once `condition` holds, restart them."""
-    run = run_deployment("micro-budget/full", timeout=0)
+    run = run_deployment("micro-budget/full", timeout=0, parameters={"params_path": str(QUICK)})
     _wait_for(condition, what)
     _kill_workers()
     assert not client_state(run.id).is_completed(), f"the pipeline finished before {what}"
@@ -90,7 +95,7 @@ def _check_no_duplicates(prefix: str, what: str) -> int:
 
 
 def test_demo_pipeline_survives_killed_workers_in_every_phase(pipeline_services):
-    params = load_params(profile="demo")
+    params = load_params(QUICK)
     deploy()
     storage = params.storage
     # Start from nothing so each kill lands in the middle of real work.
@@ -113,7 +118,8 @@ def test_demo_pipeline_survives_killed_workers_in_every_phase(pipeline_services)
     with tempfile.TemporaryDirectory() as tmp:
         killed_state = checkpoint.load_state(checkpoint.download(before.uri, Path(tmp)))
 
-    final = run_deployment("micro-budget/full", timeout=900)
+    final = run_deployment("micro-budget/full", timeout=900,
+                           parameters={"params_path": str(QUICK)})
     assert final.state is not None and final.state.is_completed(), final.state
     folder = storage.uri(storage.pipeline_prefix, str(final.id))
 

@@ -23,4 +23,4 @@ def test_task_declares_retries():
 def test_params_yaml_profiles_parse(profile):
     evaluate = load_params(profile=profile).evaluate
     assert evaluate.inception == "fid-helper"
-    assert evaluate.num_samples == (30_000 if profile == "full" else 32)
+    assert evaluate.num_samples == (30_000 if profile == "full" else 48)

@@ -77,7 +77,9 @@ def test_demo_plan_counts_the_mirror_not_the_published_sizes():
     lines = _lines(demo)
     assert lines[("encode", "cc3m")].work == 60  # the mirror's CC3M, not 3.3M rows
     assert lines[("encode", "cc3m")].basis.startswith("not projected")
-    assert lines[("train", "stage1")].work == 8 * 8
+    assert lines[("encode", "journeydb")].work == 2 * 400  # the demo-size corpus the service serves
+    train = demo.train
+    assert lines[("train", "stage1")].work == train.stages[0].steps * train.global_batch
 
 
 def test_a_device_without_a_peak_is_not_projected_rather_than_an_error():

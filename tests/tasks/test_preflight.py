@@ -87,7 +87,7 @@ def test_score_plan_scores_each_stage_at_its_resolution():
 
 def test_latent_channels_and_downscale_must_match_the_vae(tmp_path):
     demo = load_params(profile="demo")
-    _fails(_with_encoders(demo, tmp_path, channels=16), "16 latent channels, the model demo 4")
+    _fails(_with_encoders(demo, tmp_path, channels=16), "16 latent channels, the model tiny 4")
     _fails(_with_encoders(demo, tmp_path, blocks=(32, 64, 64, 64)),
            "latent_downscale is 4 but the VAE .* downsamples by 8")
 

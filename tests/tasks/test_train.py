@@ -34,10 +34,15 @@ def _params(s3_prefix, steps=(24, 3), every=8):
     _, key = split_uri(s3_prefix)
     storage = dataclasses.replace(params.storage, latents_prefix=f"{key}/latents",
                                   runs_prefix=f"{key}/runs")
-    stages = (dataclasses.replace(params.train.stages[0], steps=steps[0]),
-              dataclasses.replace(params.train.stages[1], steps=steps[1]))
+    # The demo's stage structure with this test's own sizes, not its learning recipe.
+    stages = (dataclasses.replace(params.train.stages[0], steps=steps[0], lr=2.4e-4,
+                                  warmup_steps=2, grad_clip=0.25),
+              dataclasses.replace(params.train.stages[1], steps=steps[1], lr=8.0e-5,
+                                  schedule="constant", grad_clip=0.25))
     train_p = dataclasses.replace(params.train, stages=stages, checkpoint_every_images=every,
-                                  datasets=("cc3m",), log_every=1000)
+                                  datasets=("cc3m",), log_every=1000, global_batch=8,
+                                  micro_batch=8, ema_half_life_images=64.0,
+                                  model="demo")  # slow enough per step to be killed midway
     return dataclasses.replace(params, storage=storage, train=train_p)
 
 
