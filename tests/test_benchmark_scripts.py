@@ -25,3 +25,13 @@ def test_journeydb_plan_benchmark_plans_every_row():
 
     result = plan_journeydb(["--rows", "3000", "--per-archive", "500"])
     assert result["rows"] == 3000 and result["archives"] == 6 and result["rows_per_s"] > 0
+
+
+def test_demo_learning_narrows_the_demo_to_one_scored_stage_on_captioned_data():
+    from benchmarks.demo_learning import TRAIN, chain_params
+
+    params = chain_params(load_params(profile="demo"), steps=900, mask=0.0, prompts=48)
+    (stage,) = params.train.stages
+    assert stage.steps == 900 and stage.mask_ratio == 0.0 and params.train.global_batch == 64
+    assert params.train.datasets == TRAIN and "sa1b" not in params.encode.datasets
+    assert params.evaluate.num_samples == 48 and params.evaluate.extra_stages == ()
