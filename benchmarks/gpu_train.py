@@ -34,6 +34,7 @@ import torch
 
 from benchmarks import reference_train_step
 from benchmarks.train_step import (BenchConfig, Step, device_peak_tflops, make_step,
+                                   synthetic_batch,
                                    peak_memory_gib, synchronize, time_steps)
 from model.config import preset
 from model.flops import forward_flops
@@ -155,13 +156,7 @@ def run(args: argparse.Namespace, bench: BenchConfig, group: Group) -> dict[str,
     device = torch.device(bench.device)
     model_config = preset(bench.preset)
     mask_ratio = bench.mask_ratios[0]
-    generator = torch.Generator(device=device).manual_seed(0)
-    side = model_config.input_size
-    latents = torch.randn(bench.batch, model_config.latent_channels, side, side, device=device,
-                          generator=generator)
-    text_dtype = torch.bfloat16 if bench.dtype == "bf16" else torch.float32
-    text = torch.randn(bench.batch, bench.caption_len, model_config.caption_dim, device=device,
-                       generator=generator).to(text_dtype)
+    latents, text = synthetic_batch(bench, model_config, device)
     result: dict[str, object] = {"impl": args.impl, "preset": bench.preset,
                                  "mask_ratio": mask_ratio, "batch": bench.batch,
                                  "dtype": bench.dtype, "compiled": bench.compile}

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from benchmarks.train_step import BenchConfig
+from benchmarks.train_step import BenchConfig, optimizer_step
 from model.config import MicroDiTConfig
 
 REFERENCE_ROOT = Path(__file__).resolve().parents[1] / "third_party" / "micro_diffusion"
@@ -151,12 +151,5 @@ def make_step(model_config: MicroDiTConfig, bench: BenchConfig, mask_ratio: floa
 
     compute = torch.compile(forward_loss) if bench.compile else forward_loss
 
-    def step(latents: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        loss = compute(latents, text)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), bench.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
+    step = optimizer_step(compute, net, optimizer, bench.grad_clip)
     return step, sum(p.numel() for p in net.parameters()), patch_embed

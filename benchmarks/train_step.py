@@ -56,6 +56,36 @@ class BenchConfig:
             raise ValueError(f"mask ratios must be in [0, 1), got {self.mask_ratios}")
 
 
+
+def synthetic_batch(bench: "BenchConfig", model_config: MicroDiTConfig, device: torch.device
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random latents and caption tokens of one micro-batch, text in the step's dtype."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    side = model_config.input_size
+    latents = torch.randn(bench.batch, model_config.latent_channels, side, side, device=device,
+                          generator=generator)
+    text_dtype = torch.bfloat16 if bench.dtype == "bf16" else torch.float32
+    text = torch.randn(bench.batch, bench.caption_len, model_config.caption_dim, device=device,
+                       generator=generator).to(text_dtype)
+    return latents, text
+
+
+def optimizer_step(compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   module: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   grad_clip: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One training step around a loss function: backward, clip, update, clear; ours and the
+    reference's benchmarks time the same step this way."""
+
+    def step(latents: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        loss = compute(latents, text)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
 def parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path | None]:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -121,15 +151,8 @@ def make_step(model_config: MicroDiTConfig, bench: BenchConfig,
 
     compute = torch.compile(forward_loss) if bench.compile else forward_loss
 
-    def step(latents: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        loss = compute(latents, text)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(precond.parameters(), bench.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return step, count_parameters(precond.net)
+    return optimizer_step(compute, precond, optimizer, bench.grad_clip), \
+        count_parameters(precond.net)
 
 
 def time_steps(step: Step, latents: torch.Tensor, text: torch.Tensor, steps: int,
@@ -156,13 +179,7 @@ def run_case(bench: BenchConfig, mask_ratio: float) -> dict[str, object]:
     model_config = preset(bench.preset)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    generator = torch.Generator(device=device).manual_seed(0)
-    side = model_config.input_size
-    latents = torch.randn(bench.batch, model_config.latent_channels, side, side, device=device,
-                          generator=generator)
-    text_dtype = torch.bfloat16 if bench.dtype == "bf16" else torch.float32
-    text = torch.randn(bench.batch, bench.caption_len, model_config.caption_dim, device=device,
-                       generator=generator).to(text_dtype)
+    latents, text = synthetic_batch(bench, model_config, device)
     step, params = make_step(model_config, bench, mask_ratio)
 
     warmup_s, _ = time_steps(step, latents, text, bench.warmup, device)
