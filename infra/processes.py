@@ -1,5 +1,6 @@
 """Process control for the local services: start a process in its own session with a PID file
-and a log, wait on its health check, stop whole process groups by PID (TERM, INT, KILL).
+and a log, wait on its health check, stop it with everything it started (TERM, INT, KILL),
+or kill it outright the way a dying machine would.
 
 What the services are (commands, ports, health checks, credentials) lives in infra/services.py.
 """
@@ -134,39 +135,81 @@ def _signal_group(pid: int, sig: int) -> None:
             pass
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return any(_in_group(pgid, int(p)) for p in os.listdir("/proc") if p.isdigit())
-    except ProcessLookupError:
-        return False
-
-
-def _in_group(pgid: int, pid: int) -> bool:
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, process group) of one live process, None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
-        return fields[0] != "Z" and int(fields[2]) == pgid
+        return fields[0], int(fields[1]), int(fields[2])
     except (OSError, IndexError, ValueError):
+        return None
+
+
+def _processes() -> dict[int, tuple[str, int, int]]:
+    stats = {int(p): _stat(int(p)) for p in os.listdir("/proc") if p.isdigit()}
+    return {pid: st for pid, st in stats.items() if st is not None and st[0] != "Z"}
+
+
+def _tree_groups(pgid: int) -> set[int]:
+    """The service's process group and the groups of everything it started. A Prefect worker
+    starts each flow run in a session of its own, so signalling the worker's group alone would
+    leave its flow runs running, orphaned, after the worker stopped."""
+    procs = _processes()
+    members = {pid for pid, (_, _, group) in procs.items() if group == pgid}
+    groups, frontier = {pgid}, list(members)
+    while frontier:
+        parent = frontier.pop()
+        for pid, (_, ppid, group) in procs.items():
+            if ppid == parent and pid not in members:
+                members.add(pid)
+                groups.add(group)
+                frontier.append(pid)
+    return groups
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
         return False
+    return any(group == pgid for _, _, group in _processes().values())
 
 
 def stop_all(names: list[str], term_s: float = 20.0, int_s: float = 5.0) -> list[str]:
-    """Stop services by PID group: TERM, then INT, then KILL; all at once, bounded in time."""
+    """Stop services and everything they started, by process group: TERM, then INT, then
+    KILL; all at once, bounded in time."""
+    return _stop(names, ((signal.SIGTERM, term_s), (signal.SIGINT, int_s),
+                         (signal.SIGKILL, 3.0)))
+
+
+def kill_all(names: list[str]) -> list[str]:
+    """SIGKILL services and everything they started, with no chance to clean up: what a
+    worker machine that dies looks like to the rest of the pipeline."""
+    return _stop(names, ((signal.SIGKILL, 3.0),))
+
+
+def _stop(names: list[str], steps: tuple[tuple[int, float], ...]) -> list[str]:
     pids = {n: int(pid_file(n).read_text()) for n in names if pid_file(n).exists()
             and pid_file(n).read_text().strip().isdigit()}
+    # The tree is read once, before any signal: a child whose parent died is re-parented
+    # to init and could no longer be found from the service.
+    groups = {n: _tree_groups(pid) for n, pid in pids.items()}
     lines = []
-    for sig, wait_s in ((signal.SIGTERM, term_s), (signal.SIGINT, int_s), (signal.SIGKILL, 3.0)):
-        running = {n: p for n, p in pids.items() if _group_alive(p)}
+    for sig, wait_s in steps:
+        running = {n: {g for g in gs if _group_alive(g)} for n, gs in groups.items()}
+        running = {n: gs for n, gs in running.items() if gs}
         if not running:
             break
-        for pid in running.values():
-            _signal_group(pid, sig)
+        for gs in running.values():
+            for group in gs:
+                _signal_group(group, sig)
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and any(_group_alive(p) for p in running.values()):
+        while time.monotonic() < deadline and any(
+                _group_alive(g) for gs in running.values() for g in gs):
             time.sleep(0.2)
     for name, pid in pids.items():
-        state_word = "still running!" if _group_alive(pid) else "stopped"
+        state_word = "still running!" if any(_group_alive(g) for g in groups[name]) \
+            else "stopped"
         lines.append(f"{name}: {state_word} (pid {pid})")
         if not _group_alive(pid):
             pid_file(name).unlink(missing_ok=True)

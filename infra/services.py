@@ -22,7 +22,8 @@ from pathlib import Path
 
 from infra import settings
 # Process control lives in infra/processes.py; re-exported here for the callers of `services`.
-from infra.processes import Service, ServiceError, read_pid, start, state, stop_all  # noqa: F401
+from infra.processes import (Service, ServiceError, kill_all, read_pid, start,  # noqa: F401
+                             state, stop_all)
 
 BUCKETS = ("micro-budget", "mlflow")
 WORK_POOLS = ("cpu", "gpu")

@@ -165,8 +165,12 @@ def finish_pipeline_run(parent_id: str, rows: list[LedgerRow], metrics: dict[str
 def fail_pipeline_run(parent_id: str, step: str, message: str,
                       status: str = "FAILED") -> None:
     """Close a pipeline run that did not finish: FAILED (or KILLED) with the step that stopped
-    it and the error (for a refused budget, the plan), so no run is left RUNNING."""
+    it and the error (for a refused budget, the plan), so no run is left RUNNING. A run a
+    later attempt already superseded keeps its KILLED status and the step it had reached: its
+    driver outlived its worker and is only now giving up."""
     client = _client()
+    if client.get_run(parent_id).info.status != "RUNNING":
+        return
     client.set_tag(parent_id, "stopped_at", step)
     client.set_tag(parent_id, "error", message.splitlines()[0][:500] if message else "")
     client.log_text(parent_id, message, "report/error.txt")

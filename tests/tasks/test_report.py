@@ -72,3 +72,23 @@ def test_report_logs_parent_and_nested_runs(mlflow_service, tmp_path):
     assert f"]({result['grid_url']})" in result["markdown"]
     with urllib.request.urlopen(result["grid_url"], timeout=30) as resp:
         assert resp.read() == grid
+
+
+def test_a_superseded_attempt_stays_killed_when_its_driver_gives_up_late(mlflow_service):
+    # A driver that outlives its worker can only give up after a later attempt has marked its
+    # run KILLED; it must not turn that record into FAILED with a later step.
+    from tasks.report.tracking import fail_pipeline_run, supersede_stale_runs
+
+    params = load_params(profile="demo")
+    client = MlflowClient(mlflow_service)
+    first = start_pipeline_run(params, "attempt-1")
+    second = start_pipeline_run(params, "attempt-2")
+    assert first in [r["run_id"] for r in supersede_stale_runs(params, second)]
+    assert client.get_run(first).info.status == "KILLED"
+    fail_pipeline_run(first, "train", "worker vanished")
+    late = client.get_run(first)
+    assert late.info.status == "KILLED" and late.data.tags["stopped_at"] == "start"
+    # A run nobody superseded still ends FAILED at the step that stopped it.
+    fail_pipeline_run(second, "encode", "bad shard")
+    failed = client.get_run(second)
+    assert failed.info.status == "FAILED" and failed.data.tags["stopped_at"] == "encode"
