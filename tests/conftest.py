@@ -20,9 +20,9 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_uri())
 
 _started: list[str] = []
 
-# End-to-end tests: everything under tests/flows (pipelines through Prefect and DVC) and the
-# store outage. `make test` runs them; `make test-fast` (-m "not slow") leaves them out.
-SLOW_PATHS = ("tests/flows/", "tests/infra/test_s3_outage.py")
+# End-to-end tests: everything under tests/flows (pipelines through Prefect and DVC), the
+# store outage and the demo chain's learning test. `make test` runs them; `make test-fast` (-m "not slow") leaves them out.
+SLOW_PATHS = ("tests/flows/", "tests/infra/test_s3_outage.py", "tests/test_demo_learns.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

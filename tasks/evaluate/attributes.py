@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -130,3 +130,18 @@ def prompt_following(samples: Iterable[tuple[np.ndarray, str]]) -> dict | None:
         return None
     return {"seen": _accuracy(seen), "held_out": _accuracy(held), "unparsed": unparsed,
             "chance": chance(), "classifier": "border-median background, half-contrast mask"}
+
+
+def prompt_following_table(following: dict[str, Any]) -> str:
+    """Accuracy per attribute and all-correct, for seen and held-out (shape, color) pairs, with
+    uniform guessing's accuracy beside them."""
+    chance = following["chance"]
+    lines = ["| prompts | n | shape | color | position | all correct |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for group, label in (("seen", "seen pairs"), ("held_out", "held-out pairs")):
+        s = following[group]
+        lines.append(f"| {label} | {s['n']} | {s['shape']:.1%} | {s['color']:.1%} | "
+                     f"{s['position']:.1%} | {s['all']:.1%} |")
+    lines.append(f"| chance | | {chance['shape']:.1%} | {chance['color']:.1%} | "
+                 f"{chance['position']:.1%} | {chance['all']:.1%} |")
+    return "\n".join(lines)

@@ -77,7 +77,7 @@ def following_lines(following: dict[str, Any] | None) -> list[str]:
     """Markdown rows of prompt-following (seen, held-out, chance), or none outside the demo."""
     if not following:
         return []
-    from tasks.report.summary import prompt_following_table
+    from tasks.evaluate.attributes import prompt_following_table
 
     return ["Prompt following (shape, color, position of each image against its prompt):", "",
             prompt_following_table(following), ""]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tasks.evaluate.attributes import prompt_following_table
 from tasks.report.ledger import LedgerRow, ledger_markdown
 
 
@@ -61,21 +62,6 @@ def fid_curve(envelopes: list[dict[str, Any]]) -> list[dict[str, Any]]:
                            "fid": float(by_stage[name]["fid"]),
                            "resolution": by_stage[name].get("resolution")})
     return points if len(points) > 1 else []
-
-
-def prompt_following_table(following: dict[str, Any]) -> str:
-    """Accuracy per attribute and all-correct, for seen and held-out (shape, color) pairs, with
-    uniform guessing's accuracy beside them."""
-    chance = following["chance"]
-    lines = ["| prompts | n | shape | color | position | all correct |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for group, label in (("seen", "seen pairs"), ("held_out", "held-out pairs")):
-        s = following[group]
-        lines.append(f"| {label} | {s['n']} | {s['shape']:.1%} | {s['color']:.1%} | "
-                     f"{s['position']:.1%} | {s['all']:.1%} |")
-    lines.append(f"| chance | | {chance['shape']:.1%} | {chance['color']:.1%} | "
-                 f"{chance['position']:.1%} | {chance['all']:.1%} |")
-    return "\n".join(lines)
 
 
 def report_markdown(profile: str, envelopes: list[dict[str, Any]], rows: list[LedgerRow],
