@@ -3,7 +3,8 @@ code: mirror (demo size) -> download -> encode (trained demo VAE, word-level tin
 -> the training loop on S3 latent shards -> the evaluate step, whose prompt-following score
 (tasks/evaluate/attributes.py) and FID it prints.
 
-    make services-up && python -m benchmarks.demo_learning [--steps 1800] [--mask 0.0]
+    make services-up && python -m benchmarks.demo_learning [--steps 1800] [--mask 0.0] \
+        [--model '{"patch_size": 1}']
 
 Writes under a fresh S3 prefix (left for inspection) and serves the corpus from a temporary
 folder. On the shared 2-core machine it takes 15-25 minutes. Results: docs/benchmarks.md.
@@ -27,13 +28,16 @@ from tasks.params import Params, load_params
 TRAIN = ("cc3m", "textcaps", "journeydb", "diffusiondb")  # captioned by their sources
 
 
-def chain_params(base: Params, steps: int, mask: float, prompts: int) -> Params:
+def chain_params(base: Params, steps: int, mask: float, prompts: int,
+                 model: dict[str, Any] | None = None) -> Params:
     """The demo profile narrowed to one stage on the source-captioned datasets, scored on
-    `prompts` COCO prompts with the EMA weights."""
+    `prompts` COCO prompts with the EMA weights; `model` overrides fields of the demo's
+    MicroDiT preset (e.g. {"patch_size": 1})."""
     stage = dataclasses.replace(base.train.stages[0], mask_ratio=mask, steps=steps, lr=2e-3,
                                 schedule="cosine", warmup_steps=30, final_lr_ratio=0.1,
                                 grad_clip=1.0)
     train = dataclasses.replace(base.train, datasets=TRAIN, dataset_weights={},
+                                model_overrides={**base.train.model_overrides, **(model or {})},
                                 global_batch=64, micro_batch=64, ema_half_life_images=4000.0,
                                 checkpoint_every_images=10 ** 9, log_every=100,
                                 stages=(stage,))
@@ -105,7 +109,7 @@ def run_chain(params: Params) -> dict[str, Any]:
 
 
 def measure(steps: int, mask: float = 0.0, prompts: int = 48,
-            size: CorpusSize = DEMO_SIZE) -> dict[str, Any]:
+            size: CorpusSize = DEMO_SIZE, model: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generate and serve the corpus, then run the chain under a fresh S3 prefix; the result
     names the prefix, the training summary, prompt-following and FID."""
     from tasks.models import build_local_models
@@ -123,7 +127,7 @@ def measure(steps: int, mask: float = 0.0, prompts: int = 48,
                                           latents_prefix=f"{key}/latents",
                                           runs_prefix=f"{key}/runs")
             params = chain_params(dataclasses.replace(base, storage=storage), steps, mask,
-                                  prompts)
+                                  prompts, model)
             return {"prefix": key, **run_chain(params)}
         finally:
             if previous is None:
@@ -140,9 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--mask", type=float, default=0.0)
     ap.add_argument("--prompts", type=int, default=48)
+    ap.add_argument("--model", type=json.loads, default=None,
+                    help='MicroDiT fields over the demo preset, as JSON: \'{"patch_size": 1}\'')
     ap.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     args = ap.parse_args(argv)
-    result = measure(args.steps, args.mask, args.prompts)
+    result = {"model_overrides": args.model or {},
+              **measure(args.steps, args.mask, args.prompts, model=args.model)}
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))

@@ -35,3 +35,13 @@ def test_demo_learning_narrows_the_demo_to_one_scored_stage_on_captioned_data():
     assert stage.steps == 900 and stage.mask_ratio == 0.0 and params.train.global_batch == 64
     assert params.train.datasets == TRAIN and "sa1b" not in params.encode.datasets
     assert params.evaluate.num_samples == 48 and params.evaluate.extra_stages == ()
+
+
+def test_demo_learning_model_overrides_keep_the_text_width():
+    from benchmarks.demo_learning import chain_params
+    from tasks.train.loop import model_config
+
+    params = chain_params(load_params(profile="demo"), steps=10, mask=0.0, prompts=8,
+                          model={"patch_size": 1})
+    cfg = model_config(params.train, params.train.stages[0])
+    assert cfg.patch_size == 1 and cfg.caption_dim == 64 and cfg.input_size == 16
