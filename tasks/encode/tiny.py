@@ -161,6 +161,10 @@ class VAERecipe:
     lr: float = 2e-3  # Adam, cosine to 10 %
     kl_weight: float = 1e-7  # per latent element, beside a per-pixel MSE
     channels: tuple[int, ...] = (8, 16, 16)  # three blocks: downsample by 4
+    # Intra-op threads while training. CPU kernels sum in a thread-dependent order, so the same
+    # seed gave different VAEs at 1 thread (inside pytest, where tests/model pins 1) and at 2,
+    # and the 1-thread one turned green shapes on white blue (a CI failure that PSNR missed).
+    threads: int = 2
 
     def key(self) -> str:
         from infra.mirror.corpus import VERSION  # the images' look is part of the recipe
@@ -204,6 +208,15 @@ def train_demo_vae(path: Path | str, recipe: VAERecipe = VAERecipe()) -> Path:
     scaling factor is then set to 1 / std of the training latents, as Stable Diffusion chose
     its 0.18215, so the DiT sees latents of about unit variance (EDM's sigma_data 0.9)."""
     path = Path(path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    try:
+        return _train_demo_vae(path, recipe)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_demo_vae(path: Path, recipe: VAERecipe) -> Path:
     torch.manual_seed(recipe.seed)
     train = demo_images(recipe.images, recipe.seed, recipe.resolution)
     held_out = demo_images(recipe.held_out, recipe.seed + 1, recipe.resolution)

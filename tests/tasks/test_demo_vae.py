@@ -54,3 +54,59 @@ def test_demo_vae_reconstructs_held_out_images_above_25_db():
     vae = AutoencoderKL.from_pretrained(folder).eval()
     held_out = demo_images(32, 1234, 64)  # a seed the recipe never drew
     assert psnr(vae, held_out) >= 25.0
+
+
+def test_training_pins_its_thread_count_and_restores_the_callers(tmp_path):
+    # The same seed trained at another thread count gave another VAE (CI's turned green shapes
+    # blue): the count is part of the recipe, and the caller's setting comes back afterwards.
+    assert VAERecipe().threads == 2
+    assert dataclasses.replace(VAERecipe(), threads=1).key() != VAERecipe().key()
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        original = torch.optim.Adam.step
+
+        def spy(self, *args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return original(self, *args, **kwargs)
+
+        torch.optim.Adam.step = spy
+        try:
+            train_demo_vae(tmp_path / "vae", TINY)
+        finally:
+            torch.optim.Adam.step = original
+        assert seen and set(seen) == {TINY.threads}
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_demo_vae_keeps_every_scene_color_and_position():
+    # PSNR alone missed a VAE that decoded green shapes on white as blue: decode fresh scenes
+    # through the encode crop and classify them as the evaluate step would.
+    import random
+
+    import numpy as np
+
+    from infra.mirror.corpus import image_size, make_image, scene
+    from tasks.encode.preprocess import center_crop_resize, to_tensor
+    from tasks.evaluate.attributes import classify
+    from tasks.evaluate.generate import decode
+
+    params = load_params(profile="demo")
+    build_local_models(params)
+    vae = AutoencoderKL.from_pretrained(REPO_ROOT / params.encode.vae).eval()
+    rng = random.Random("vae-fidelity")
+    scenes = [scene(rng, held_out_share=0.25) for _ in range(96)]
+    images = torch.stack([to_tensor(center_crop_resize(
+        make_image(rng, image_size(rng, small_share=0.0), item), 64)) for item in scenes])
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
+        decoded = decode(vae, latents)
+    got = [classify(np.asarray(image)) for image in decoded]
+    for attribute in ("color", "position"):
+        right = sum(g is not None and getattr(g, attribute) == getattr(s, attribute)
+                    for g, s in zip(got, scenes))
+        assert right / len(scenes) >= 0.98, (attribute, right)
