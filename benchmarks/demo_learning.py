@@ -58,7 +58,7 @@ def latents_depict_captions(params: Params, per_dataset: int = 60) -> dict[str, 
 
     from tasks.common.shards import iter_shard, read_manifest
     from tasks.encode.preprocess import npy_load
-    from tasks.evaluate.attributes import ATTRIBUTES, classify, parse_prompt
+    from tasks.evaluate.attributes import accuracy, classify, parse_prompt
     from tasks.evaluate.generate import decode
 
     vae = AutoencoderKL.from_pretrained(params.encode.vae).eval()
@@ -77,11 +77,7 @@ def latents_depict_captions(params: Params, per_dataset: int = 60) -> dict[str, 
                     image = decode(vae, latents)[0].numpy()
                 pairs.append((want, classify(image)))
                 taken += 1
-    out: dict[str, Any] = {"n": len(pairs)}
-    for name in ATTRIBUTES:
-        out[name] = sum(got is not None and getattr(got, name) == getattr(want, name)
-                        for want, got in pairs) / max(1, len(pairs))
-    return out
+    return accuracy(pairs)
 
 
 def run_chain(params: Params) -> dict[str, Any]:

@@ -7,9 +7,8 @@ Slow (about 8 minutes on 2 cores): `make test` runs it, `make test-fast` does no
 
 from __future__ import annotations
 
-import torch
-
 from benchmarks import demo_learning
+from tasks.encode.tiny import torch_threads
 from tasks.evaluate.attributes import chance
 
 STEPS = 1800  # the demo's stage-2 steps: color is learned by then (docs/benchmarks.md)
@@ -18,12 +17,8 @@ STEPS = 1800  # the demo's stage-2 steps: color is learned by then (docs/benchma
 def test_the_demo_chain_follows_its_prompts(s3_service):
     # Two threads, as `make demo` trains on this machine: the suite pins one elsewhere
     # (tests/model), and another thread count sums in another order and trains another model.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         result = demo_learning.measure(STEPS)
-    finally:
-        torch.set_num_threads(threads)
     print(result)
     # Encode kept each image with its caption: decoded latents show the captioned scene.
     stored = result["latents_depict_captions"]

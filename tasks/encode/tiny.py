@@ -16,8 +16,10 @@ import json
 import math
 import random
 import re
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from diffusers import AutoencoderKL
@@ -207,13 +209,20 @@ def train_demo_vae(path: Path | str, recipe: VAERecipe = VAERecipe()) -> Path:
     Training: random crops, a per-pixel MSE on one posterior sample plus kl_weight x KL. The
     scaling factor is then set to 1 / std of the training latents, as Stable Diffusion chose
     its 0.18215, so the DiT sees latents of about unit variance (EDM's sigma_data 0.9)."""
-    path = Path(path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(recipe.threads)
+    with torch_threads(recipe.threads):
+        return _train_demo_vae(Path(path), recipe)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with `count` intra-op threads, then give the caller's count back. CPU
+    kernels sum in a thread-dependent order: a fixed count makes a seeded run repeat."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
-        return _train_demo_vae(path, recipe)
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _train_demo_vae(path: Path, recipe: VAERecipe) -> Path:

@@ -103,7 +103,8 @@ def chance() -> dict[str, float]:
     return {**per, "all": per["shape"] * per["color"] * per["position"]}
 
 
-def _accuracy(pairs: list[tuple[Scene, Scene | None]]) -> dict[str, float | int]:
+def accuracy(pairs: list[tuple[Scene, Scene | None]]) -> dict[str, float | int]:
+    """n, the share right per attribute and all three right, of (wanted, classified) pairs."""
     out: dict[str, float | int] = {"n": len(pairs)}
     for name in ATTRIBUTES:
         out[name] = sum(got is not None and getattr(got, name) == getattr(want, name)
@@ -128,7 +129,7 @@ def prompt_following(samples: Iterable[tuple[np.ndarray, str]]) -> dict | None:
         (held if want.held_out else seen).append((want, classify(np.asarray(image))))
     if not seen and not held:
         return None
-    return {"seen": _accuracy(seen), "held_out": _accuracy(held), "unparsed": unparsed,
+    return {"seen": accuracy(seen), "held_out": accuracy(held), "unparsed": unparsed,
             "chance": chance(), "classifier": "border-median background, half-contrast mask"}
 
 

@@ -92,7 +92,7 @@ def test_demo_vae_keeps_every_scene_color_and_position():
 
     from infra.mirror.corpus import image_size, make_image, scene
     from tasks.encode.preprocess import center_crop_resize, to_tensor
-    from tasks.evaluate.attributes import classify
+    from tasks.evaluate.attributes import accuracy, classify
     from tasks.evaluate.generate import decode
 
     params = load_params(profile="demo")
@@ -105,8 +105,5 @@ def test_demo_vae_keeps_every_scene_color_and_position():
     with torch.no_grad():
         latents = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
         decoded = decode(vae, latents)
-    got = [classify(np.asarray(image)) for image in decoded]
-    for attribute in ("color", "position"):
-        right = sum(g is not None and getattr(g, attribute) == getattr(s, attribute)
-                    for g, s in zip(got, scenes))
-        assert right / len(scenes) >= 0.98, (attribute, right)
+    kept = accuracy([(want, classify(np.asarray(image))) for want, image in zip(scenes, decoded)])
+    assert kept["color"] >= 0.98 and kept["position"] >= 0.98, kept
