@@ -83,27 +83,15 @@ def test_training_pins_its_thread_count_and_restores_the_callers(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_vae_keeps_every_scene_color_and_position():
+def test_demo_vae_keeps_every_scene_color_position_and_shape():
     # PSNR alone missed a VAE that decoded green shapes on white as blue: decode fresh scenes
     # through the encode crop and classify them as the evaluate step would.
-    import random
+    from benchmarks.classifier_ceiling import measure
 
-    import numpy as np
-
-    from infra.mirror.corpus import image_size, make_image, scene
-    from tasks.encode.preprocess import center_crop_resize, to_tensor
-    from tasks.evaluate.attributes import accuracy, classify
-    from tasks.evaluate.generate import decode
-
-    params = load_params(profile="demo")
-    build_local_models(params)
-    vae = AutoencoderKL.from_pretrained(REPO_ROOT / params.encode.vae).eval()
-    rng = random.Random("vae-fidelity")
-    scenes = [scene(rng, held_out_share=0.25) for _ in range(96)]
-    images = torch.stack([to_tensor(center_crop_resize(
-        make_image(rng, image_size(rng, small_share=0.0), item), 64)) for item in scenes])
-    with torch.no_grad():
-        latents = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
-        decoded = decode(vae, latents)
-    kept = accuracy([(want, classify(np.asarray(image))) for want, image in zip(scenes, decoded)])
+    result = measure(96, seed=20261201)
+    assert result["drawn"]["all"] == 1.0, result["drawn"]
+    kept = result["vae_decoded"]
     assert kept["color"] >= 0.98 and kept["position"] >= 0.98, kept
+    # The prompt-following score's ceiling on shape: bounding-box fill read 87 % of decoded
+    # scenes (docs/evaluation.md); the row-width profile reads them at 99 %.
+    assert kept["shape"] >= 0.95, kept
