@@ -30,13 +30,13 @@ TRAIN = ("cc3m", "textcaps", "journeydb", "diffusiondb")  # captioned by their s
 
 def chain_params(base: Params, steps: int, mask: float, prompts: int,
                  model: dict[str, Any] | None = None) -> Params:
-    """The demo profile narrowed to one stage on the source-captioned datasets, scored on
-    `prompts` COCO prompts with the EMA weights; `model` overrides fields of the demo's
-    MicroDiT preset (e.g. {"patch_size": 1})."""
+    """The demo profile narrowed to one stage on the source-captioned datasets (drawn with the
+    demo's dataset weights), scored on `prompts` COCO prompts with the EMA weights; `model`
+    overrides fields of the demo's MicroDiT preset (e.g. {"patch_size": 1})."""
     stage = dataclasses.replace(base.train.stages[0], mask_ratio=mask, steps=steps, lr=2e-3,
                                 schedule="cosine", warmup_steps=30, final_lr_ratio=0.1,
                                 grad_clip=1.0)
-    train = dataclasses.replace(base.train, datasets=TRAIN, dataset_weights={},
+    train = dataclasses.replace(base.train, datasets=TRAIN,
                                 model_overrides={**base.train.model_overrides, **(model or {})},
                                 global_batch=64, micro_batch=64, ema_half_life_images=4000.0,
                                 checkpoint_every_images=10 ** 9, log_every=100,
