@@ -45,3 +45,46 @@ def test_demo_learning_model_overrides_keep_the_text_width():
                           model={"patch_size": 1})
     cfg = model_config(params.train, params.train.stages[0])
     assert cfg.patch_size == 1 and cfg.caption_dim == 64 and cfg.input_size == 16
+
+
+def test_demo_seeds_reads_assignments_as_yaml_and_rejects_bare_keys():
+    import pytest
+
+    from benchmarks.demo_seeds import assignments
+
+    assert assignments(["weight_decay=0.0", "p_mean=-0.6", "flag=true"]) == {
+        "weight_decay": 0.0, "p_mean": -0.6, "flag": True}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        assignments(["weight_decay"])
+
+
+def test_demo_seeds_changes_only_the_seed_and_named_fields_and_keys_a_new_run(s3_service):
+    import dataclasses
+
+    import pytest
+
+    from benchmarks.demo_seeds import seed_params
+    from tasks.train.keys import stage_key
+
+    base = load_params(profile="demo")
+    same = seed_params(base, base.train.seed)
+    assert same == base
+    other = seed_params(base, 7, {"weight_decay": 0.05}, {"p_mean": 0.5}, last_steps=40)
+    assert other.train.seed == 7 and other.train.weight_decay == 0.05
+    assert [s.p_mean for s in other.train.stages] == [0.5] * len(base.train.stages)
+    assert other.train.stages[-1].steps == 40
+    assert other.train.stages[0].steps == base.train.stages[0].steps
+    assert dataclasses.replace(other, train=base.train) == base  # nothing outside train moved
+    last = base.train.stages[-1].name
+    assert stage_key(other, last) != stage_key(base, last)
+    with pytest.raises(ValueError):  # the stage dataclass validates a replaced value
+        seed_params(base, 0, stages={"mask_ratio": 1.5})
+
+
+def test_demo_seeds_only_last_trains_the_last_stage_alone_from_scratch():
+    from benchmarks.demo_seeds import seed_params
+
+    base = load_params(profile="demo")
+    (stage,) = seed_params(base, 0, last_steps=50, only_last=True).train.stages
+    assert stage.name == base.train.stages[-1].name and stage.loads == "none"
+    assert stage.steps == 50 and stage.mask_ratio == base.train.stages[-1].mask_ratio
