@@ -55,3 +55,26 @@ def test_a_word_the_text_encoder_drops_scores_zero_and_the_others_do_not():
     assert all(v == 0.0 for v in result["horizontal"].values())
     for swap in ("shape", "color", "vertical", "background"):
         assert all(v > 1e-4 for v in result[swap].values()), (swap, result[swap])
+
+
+def test_position_errors_name_the_wrong_word():
+    from benchmarks.word_sensitivity import position_error
+
+    assert position_error("top left", "top left") is None
+    assert position_error("top left", "top right") == "horizontal"
+    assert position_error("top left", "bottom left") == "vertical"
+    assert position_error("top left", "bottom right") == "diagonal"
+
+
+def test_the_causal_demo_tower_mixes_the_vertical_word_into_the_horizontal_token(tmp_path):
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from benchmarks.word_sensitivity import entanglement
+    from tasks.encode.tiny import save_tiny_text_encoder
+
+    path = save_tiny_text_encoder(tmp_path / "text")
+    tokens = entanglement(AutoTokenizer.from_pretrained(path),
+                          CLIPTextModel.from_pretrained(path).eval(), captions=6)
+    assert tokens["vertical"]["other"] == 0.0  # earlier tokens never see later words
+    assert tokens["vertical"]["own"] > 0.5 and tokens["horizontal"]["own"] > 0.5
+    assert tokens["horizontal"]["other"] > 0.5  # the "left" token also says top or bottom
