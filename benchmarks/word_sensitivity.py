@@ -3,18 +3,21 @@ D(x; sigma, caption) when one attribute word of a COCO-style demo caption is swa
 value, on the same noisy input, at a few noise levels.
 
     python -m benchmarks.word_sensitivity s3://micro-budget/runs/demo/stage2-<key>/step-<n> \
-        [--sigmas 2 5 20] [--captions 24] [--seed 0] [--samples s3://.../manifest.json] [--entanglement]
+        [--sigmas 2 5 20] [--captions 24] [--seed 0] [--samples s3://.../manifest.json] \
+        [--entanglement]
+
+A model that ignores a word gives ~0 for it whatever it does with the others. Position is split
+into its two words (vertical: top <-> bottom, horizontal: left <-> right), which a model can
+learn one at a time.
+
+--samples also classifies an evaluate run's cached samples (its evaluate.json "samples") and
+counts each misplaced shape as a left/right, top/bottom or diagonal error.
 
 --entanglement also asks the text tower how its position-word tokens differ: by their own word
 (top vs bottom) and by the other position word (top left vs top right). A causal tower sees
 only earlier words, and captions name the vertical word first.
 
---samples also classifies an evaluate run's cached samples (its evaluate.json "samples") and
-counts each misplaced shape as a left/right, top/bottom or diagonal error.
-
-A model that ignores a word gives ~0 for it whatever it does with the others. Position is split into its two words (vertical:
-top <-> bottom, horizontal: left <-> right), which a model can learn one at a time. Results:
-docs/benchmarks.md, "Does the demo chain learn?".
+Results: docs/benchmarks.md, "Does the demo chain learn?".
 """
 
 from __future__ import annotations
