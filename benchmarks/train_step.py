@@ -6,6 +6,12 @@ Reports images/s, peak GPU memory and model FLOP utilisation (analytic matmul FL
 forward pass, over the GPU's dense bf16 peak). On the CPU it is a smoke test:
 
     python -m benchmarks.train_step --preset tiny --device cpu --steps 3
+
+The demo profile's model (params.yaml `demo.train`: preset tiny on 16x16 latents and the tiny
+text tower's 64-d tokens, 24 of them) at its batch, unmasked:
+
+    python -m benchmarks.train_step --preset tiny --override input_size=16 caption_dim=64 \
+        --caption-len 24 --batch 32 --mask-ratios 0 --warmup 3
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class BenchConfig:
     lr: float  # AdamW learning rate (stage 1)
     grad_clip: float  # max global grad norm (stage 1)
     peak_tflops: float | None  # device peak for MFU; None: look up by device name
+    overrides: tuple[tuple[str, int], ...] = ()  # model config fields replaced in the preset
 
     def __post_init__(self) -> None:
         if self.batch <= 0 or self.steps <= 0 or self.warmup < 0 or self.caption_len <= 0:
@@ -102,6 +109,8 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path | None]:
     parser.add_argument("--lr", type=float, default=2.4e-4)
     parser.add_argument("--grad-clip", type=float, default=0.25)
     parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--override", nargs="*", default=[], metavar="FIELD=INT",
+                        help="replace integer model config fields, e.g. input_size=16")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
     on_cuda = args.device.startswith("cuda")
@@ -113,8 +122,19 @@ def parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path | None]:
         mask_ratios=tuple(float(r) for r in args.mask_ratios.split(",")),
         steps=args.steps, warmup=(5 if on_cuda else 1) if args.warmup is None else args.warmup,
         caption_len=args.caption_len, lr=args.lr, grad_clip=args.grad_clip,
-        peak_tflops=args.peak_tflops)
+        peak_tflops=args.peak_tflops, overrides=parse_overrides(args.override))
     return config, args.json
+
+
+def parse_overrides(pairs: list[str]) -> tuple[tuple[str, int], ...]:
+    """["input_size=16", ...] -> (("input_size", 16), ...); preset() validates the fields."""
+    out = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not value.lstrip("-").isdigit():
+            raise ValueError(f"expected FIELD=INT, got {pair!r}")
+        out.append((key, int(value)))
+    return tuple(out)
 
 
 def device_peak_tflops(bench: BenchConfig) -> float | None:
@@ -176,7 +196,7 @@ def peak_memory_gib(device: torch.device) -> float:
 
 def run_case(bench: BenchConfig, mask_ratio: float) -> dict[str, object]:
     device = torch.device(bench.device)
-    model_config = preset(bench.preset)
+    model_config = preset(bench.preset, **dict(bench.overrides))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     latents, text = synthetic_batch(bench, model_config, device)

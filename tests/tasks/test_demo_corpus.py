@@ -138,3 +138,24 @@ def test_jpeg_round_trip_keeps_the_scene():
     make_image(random.Random(3), (512, 384), item).save(out, "JPEG", quality=75)
     image = center_crop_resize(Image.open(io.BytesIO(out.getvalue())).convert("RGB"), 64)
     assert classify(np.asarray(image)) == item
+
+
+def test_every_demo_caption_fits_the_demo_text_length(tmp_path):
+    # The demo encodes 24 tokens, not the recipe's 77: a template that grew past it would lose
+    # its last words (the background) to truncation without an error anywhere.
+    from transformers import CLIPTokenizer
+
+    from tasks.encode.tiny import save_tiny_tokenizer
+    from tasks.evaluate.attributes import BACKGROUNDS, COLORS, POSITIONS, SHAPES
+    from tasks.params import load_params
+
+    length = load_params(profile="demo").encode.text_length
+    tokenizer = CLIPTokenizer.from_pretrained(save_tiny_tokenizer(tmp_path / "tok"))
+    longest = 0
+    for templates in STYLES.values():
+        for template in templates:
+            for words in ((max(COLORS, key=len), max(SHAPES, key=len), max(POSITIONS, key=len),
+                           max(BACKGROUNDS, key=len)), ("red", "square", "top left", "gray")):
+                text = template.format(c=words[0], s=words[1], p=words[2], b=words[3])
+                longest = max(longest, len(tokenizer(text.lower()).input_ids))
+    assert 15 <= longest <= length, (longest, length)

@@ -81,3 +81,21 @@ def test_encode_captions_runs_the_open_clip_ids(hf_folder: Path, open_clip_tok,
         ids = open_clip_tok(CAPTIONS[:4], context_length=77)
         want = enc.text_model(input_ids=ids).last_hidden_state.to(torch.float16).numpy()
     np.testing.assert_array_equal(got, want)
+
+
+def test_a_shorter_text_length_keeps_the_first_tokens_exactly(tmp_path: Path) -> None:
+    # The demo encodes 24 tokens where the recipe encodes 77 (params.yaml). CLIP's text tower
+    # is causal, so a caption that fits gets the same first 24 tokens either way: the shorter
+    # length drops padding, not what the caption says.
+    from tasks.encode.tiny import save_tiny_text_encoder
+
+    folder = save_tiny_text_encoder(tmp_path / "text")
+    enc = load(EncodeParams(vae=str(save_tiny_vae(tmp_path / "vae")), text_encoder=str(folder),
+                            device="cpu"))
+    captions = ["A red square in the top left corner of a white picture.", "a blue circle"]
+    long, short = encode_captions(enc, captions, 77), encode_captions(enc, captions, 24)
+    assert short.shape == (2, 24, long.shape[-1])
+    # Equal up to the fp16 rounding of the stored tokens (the kernels sum in another order).
+    np.testing.assert_allclose(short.astype(np.float32), long[:, :24].astype(np.float32),
+                               rtol=0, atol=2e-3)
+    assert not np.array_equal(short[0], short[1])
