@@ -118,7 +118,7 @@ def loop_rates(step: Step, latents: torch.Tensor, text: torch.Tensor, device: to
         waited += 1.0
     manifest = read_local_manifest(shards)
     loader = LatentLoader({"bench": manifest}, LoaderConfig(
-        batch_size=latents.shape[0], resolution=256, cache_shards=len(manifest.shards)))
+        batch_size=latents.shape[0], resolution=256, cache_bytes=1 << 40))
     fetch_s = 0.0
 
     def from_loader() -> None:

@@ -160,9 +160,8 @@ def make_step(model_config: MicroDiTConfig, bench: BenchConfig,
     device = torch.device(bench.device)
     precond = EDMPrecond(build_model(model_config).to(device)).train()
     loss_fn = EDMLoss()
-    on_cuda = device.type == "cuda"
     optimizer = torch.optim.AdamW(param_groups(precond.net, bench.lr, 0.1), betas=(0.9, 0.999),
-                                  eps=1e-8, fused=on_cuda)
+                                  eps=1e-8, fused=True)  # as tasks/train/loop.py
     autocast_dtype = torch.bfloat16 if bench.dtype == "bf16" else torch.float32
 
     def forward_loss(latents: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,9 @@ Each dataset is an endless stream: per epoch a seeded permutation of its shards 
 share of them), and within a shard a seeded permutation of its samples. A batch draws each
 sample's dataset by weight (default: proportional to size), so the mix holds in expectation.
 The position (epoch, shard, sample per dataset, plus the draw RNG) is a small dict: save it with
-a checkpoint and `load_state_dict` resumes on the same next sample. Decoded shards are kept in a
-bounded LRU cache; a corrupt shard is skipped and reported. The next shard of each stream is
+a checkpoint and `load_state_dict` resumes on the same next sample. Decoded shards are kept in an
+LRU cache bounded in bytes (a small corpus stays whole in memory and is fetched once, a large one
+streams); a corrupt shard is skipped and reported. The next shard of each stream is
 fetched and decoded in a background thread while the current one is consumed; that changes
 when shards are read, never which samples come out.
 """
@@ -33,7 +34,10 @@ class LoaderConfig:
     min_short_side: int = 0  # px: skip samples whose native short side is smaller
     caption_drop: float = 0.1  # probability of a zeroed caption embedding (CFG training)
     weights: dict[str, float] = field(default_factory=dict)  # dataset -> weight; empty: by size
-    cache_shards: int = 8  # decoded shards kept in memory
+    # Decoded shards kept in memory, in bytes of arrays (the newest shard always stays). 1 GiB
+    # holds the whole demo corpus (~10 MB): without it the demo re-fetched two 16-sample shards
+    # per step, ~10 ms of a ~100 ms CPU step. A full-profile shard is hundreds of MB.
+    cache_bytes: int = 1 << 30
     prefetch_threads: int = 2  # background shard fetches (0: fetch when needed)
     rank: int = 0
     world_size: int = 1
@@ -75,6 +79,8 @@ class LatentLoader:
         self.probs = np.array([raw[n] / total for n in self.names])
         self.rng = np.random.default_rng([config.seed, config.rank])
         self.cache: OrderedDict[str, list[Sample]] = OrderedDict()
+        self.cached_bytes = 0
+        self.decoded = 0  # shards fetched and decoded so far (re-fetches after eviction count)
         self.corrupt: dict[str, str] = {}
         self.pool = ThreadPoolExecutor(config.prefetch_threads, thread_name_prefix="latents") \
             if config.prefetch_threads else None
@@ -138,11 +144,13 @@ class LatentLoader:
             return self.cache[uri]
         future = self.pending.pop(uri, None)
         samples, error = future.result() if future else self._decode(uri)
+        self.decoded += 1
         if error:
             self.corrupt[uri] = error
         self.cache[uri] = samples
-        while len(self.cache) > self.config.cache_shards:
-            self.cache.popitem(last=False)
+        self.cached_bytes += _nbytes(samples)
+        while self.cached_bytes > self.config.cache_bytes and len(self.cache) > 1:
+            self.cached_bytes -= _nbytes(self.cache.popitem(last=False)[1])
         return samples
 
     def _next_sample(self, name: str) -> Sample:
@@ -183,6 +191,10 @@ class LatentLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
             yield self.next_batch()
+
+
+def _nbytes(samples: list[Sample]) -> int:
+    return sum(lat.nbytes + txt.nbytes for _, lat, txt in samples)
 
 
 def native_short_side(key: str, sample: dict[str, bytes]) -> int:

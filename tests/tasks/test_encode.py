@@ -76,7 +76,9 @@ def test_encode_writes_latents_that_decode_like_a_fresh_encode(s3_prefix, tiny_m
 
     key, sample = next(iter_shard(manifest.shards[0].uri))
     stored = torch.from_numpy(npy_load(sample["lat32.npy"]).astype(np.float32))[None]
-    assert stored.shape == (1, 4, 8, 8) and npy_load(sample["txtemb.npy"]).shape == (77, 64)
+    # The caption embedding is as long as params.yaml's encode.text_length (24 in the demo).
+    assert stored.shape == (1, 4, 8, 8)
+    assert npy_load(sample["txtemb.npy"]).shape == (params.encode.text_length, 64)
     assert npy_load(sample["txtemb.npy"]).dtype == np.float16
     enc = load(params.encode)
     idx = int(key.split("-")[1])
@@ -138,6 +140,22 @@ def test_loader_mixes_by_weight_drops_captions_and_resumes(s3_prefix, tiny_model
     restored = LatentLoader(manifests, config)
     restored.load_state_dict(state)
     assert [restored.next_batch()["keys"] for _ in range(3)] == expected
+
+
+def test_a_loader_whose_cache_holds_the_corpus_fetches_each_shard_once(s3_prefix, tiny_models):
+    params = _params(s3_prefix, tiny_models)
+    _latent_dataset(params, "m", shards=4, per_shard=5)
+    manifests = {"m": read_manifest(latent_prefix(params, "m"))}
+    shard_bytes = 5 * (4 * 8 * 8 + 77 * 8) * 2  # fp16 latents and caption embeddings
+    roomy = LatentLoader(manifests, LoaderConfig(batch_size=10, resolution=32, seed=1,
+                                                 prefetch_threads=0))
+    tight = LatentLoader(manifests, LoaderConfig(batch_size=10, resolution=32, seed=1,
+                                                 prefetch_threads=0, cache_bytes=shard_bytes))
+    # Three epochs of 20 samples: the same batches, but the tight cache re-fetches every shard.
+    for _ in range(6):
+        assert roomy.next_batch()["keys"] == tight.next_batch()["keys"]
+    assert roomy.decoded == 4 and roomy.cached_bytes == 4 * shard_bytes
+    assert tight.decoded == 12 and len(tight.cache) == 1
 
 
 def test_loader_skips_and_reports_a_corrupt_shard(s3_prefix, tiny_models):
