@@ -36,7 +36,8 @@ class LoaderConfig:
     weights: dict[str, float] = field(default_factory=dict)  # dataset -> weight; empty: by size
     # Decoded shards kept in memory, in bytes of arrays (the newest shard always stays). 1 GiB
     # holds the whole demo corpus (~10 MB): without it the demo re-fetched two 16-sample shards
-    # per step, ~10 ms of a ~100 ms CPU step. A full-profile shard is hundreds of MB.
+    # per step, ~10 ms of a ~100 ms CPU step. A full-recipe shard of 500 samples at 256 px
+    # with ViT-H tokens is ~85 MB, so 1 GiB keeps about a dozen (docs/benchmarks.md).
     cache_bytes: int = 1 << 30
     prefetch_threads: int = 2  # background shard fetches (0: fetch when needed)
     rank: int = 0
