@@ -39,7 +39,7 @@ def _params_file(tmp_path: Path, root: str, run_name: str, nodes: int, gpus: int
             "train": {"run_name": run_name, "nodes": nodes, "gpus_per_node": gpus,
                       "micro_batch": 4, "global_batch": 8, "datasets": ["cc3m"],
                       "checkpoint_every_images": 16, "keep_checkpoints": 10, "log_every": 1,
-                      "stages": [{"steps": steps}, {"steps": 1}]}}}))
+                      "stages": [{"steps": steps}, {"steps": 1}, {"steps": 1}]}}}))
     return path
 
 

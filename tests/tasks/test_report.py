@@ -92,3 +92,35 @@ def test_a_superseded_attempt_stays_killed_when_its_driver_gives_up_late(mlflow_
     fail_pipeline_run(second, "encode", "bad shard")
     failed = client.get_run(second)
     assert failed.info.status == "FAILED" and failed.data.tags["stopped_at"] == "encode"
+
+
+def test_the_latest_finished_run_prints_its_prompt_following_and_link(mlflow_service):
+    # What `make demo` prints at its end: read back from the parent run the report closed.
+    from tasks.evaluate.attributes import chance
+    from tasks.report.latest import latest_pipeline_run, summary
+
+    params = load_params(profile="demo")
+    scores = {"n": 35, "shape": 0.857, "color": 1.0, "position": 1.0, "all": 0.857}
+    following = {"seen": scores, "held_out": {**scores, "n": 13, "all": 0.615},
+                 "chance": chance()}
+    envelopes = [envelope("evaluate", {"fid": 237.9, "prompt_following": following,
+                                       "protocol": {"num_samples": 48, "resolution": 64}},
+                          30.0)]
+    parent = start_pipeline_run(params, "test-latest")
+    report(params, envelopes, parent)
+    client = MlflowClient(mlflow_service)
+    run = latest_pipeline_run(client, "demo")
+    assert run is not None and run.info.run_id == parent
+    text = summary(client, run)
+    assert "| seen pairs | 35 | 85.7% | 100.0% | 100.0% | 85.7% |" in text
+    assert "| held-out pairs | 13 |" in text and "| chance | | 33.3% | 25.0% | 25.0% | 2.1% |" in text
+    assert parent in text and "cost: $" in text
+    assert latest_pipeline_run(client, "no-such-profile") is None
+
+
+def test_a_report_section_stops_at_the_next_heading_and_drops_images():
+    from tasks.report.latest import section
+
+    markdown = "# r\n\n### Prompt following\n\n| a |\n![grid](x.png)\n## Training\n\nmore"
+    assert section(markdown, "### Prompt following") == "### Prompt following\n\n| a |"
+    assert section(markdown, "## FID against images seen") == ""

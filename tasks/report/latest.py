@@ -1,0 +1,82 @@
+"""Print what the newest finished pipeline run measured: the end of `make demo`.
+
+    python -m tasks.report.latest [--profile demo]
+
+The flow's report step closes a parent MLflow run with the report as an artifact
+(tasks/report/tracking.py); this reads that run back, so what the terminal shows is what the
+MLflow UI holds: prompt-following with its chance row, FID against images seen, the cost, and
+the link to the run with its sample grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from infra.settings import mlflow_uri
+from tasks.report.tracking import experiment_id, run_url
+
+# Report sections worth a terminal (tasks/report/summary.py and step.py write them).
+SECTIONS = ("### Prompt following", "## FID against images seen")
+
+
+def latest_pipeline_run(client: MlflowClient, profile: str) -> Run | None:
+    """The finished parent run of `profile` that ended last, or None."""
+    runs = client.search_runs(
+        [experiment_id(client)],
+        filter_string=(f"tags.kind = 'pipeline' and tags.profile = '{profile}' "
+                       "and attributes.status = 'FINISHED'"),
+        order_by=["attributes.end_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def section(markdown: str, heading: str) -> str:
+    """`heading` and its text up to the next heading of any level, without image lines."""
+    lines = markdown.splitlines()
+    if heading not in lines:
+        return ""
+    start = lines.index(heading)
+    body = []
+    for line in lines[start + 1:]:
+        if line.startswith("#"):
+            break
+        if not line.startswith("!["):
+            body.append(line)
+    return "\n".join([heading, *body]).strip()
+
+
+def summary(client: MlflowClient, run: Run) -> str:
+    """The run's prompt-following and FID sections, its cost and its link."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(client.download_artifacts(run.info.run_id, "report/report.md", tmp))
+        markdown = path.read_text()
+    parts = [section(markdown, heading) for heading in SECTIONS]
+    cost = run.data.metrics.get("cost_usd")
+    tail = [f"cost: ${cost:.4f}" if cost is not None else "cost: not recorded",
+            f"MLflow run (sample grid, charts): {run_url(run.info.run_id)}"]
+    return "\n\n".join([*(p for p in parts if p), "\n".join(tail)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="demo")
+    args = ap.parse_args(argv)
+    client = MlflowClient(tracking_uri=mlflow_uri())
+    run = latest_pipeline_run(client, args.profile)
+    if run is None:
+        print(f"no finished pipeline run of profile {args.profile!r} at {mlflow_uri()}",
+              file=sys.stderr)
+        return 1
+    print(summary(client, run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
