@@ -48,16 +48,20 @@ def _prefixes(params):
 def test_stage_folders_follow_what_decides_the_weights(s3_prefix):
     params = _params(s3_prefix)
     _latents(params, 0.0)
-    s1, s2 = _prefixes(params)
+    s1, s2, s3 = _prefixes(params)  # the demo's masked stage and its two unmasked ones
     assert s1.endswith("/runs/demo/stage1-" + s1.rsplit("-", 1)[1]) and "/stage2-" in s2
-    assert _prefixes(params) == [s1, s2]  # deterministic: nothing changed, nothing moves
+    assert "/stage3-" in s3
+    assert _prefixes(params) == [s1, s2, s3]  # deterministic: nothing changed, nothing moves
 
-    # Stage 2's learning rate: stage 2 retrains, stage 1 is kept.
-    new1, new2 = _prefixes(_with_stage(params, 1, lr=1e-5))
-    assert new1 == s1 and new2 != s2
-    # Stage 1's: both.
-    new1, new2 = _prefixes(_with_stage(params, 0, lr=1e-5))
-    assert new1 != s1 and new2 != s2
+    # Stage 3's learning rate: only stage 3 retrains.
+    new = _prefixes(_with_stage(params, 2, lr=1e-5))
+    assert new[:2] == [s1, s2] and new[2] != s3
+    # Stage 2's noise level: stage 2 and the stage after it retrain, stage 1 is kept.
+    new1, new2, new3 = _prefixes(_with_stage(params, 1, p_mean=0.0))
+    assert new1 == s1 and new2 != s2 and new3 != s3
+    # Stage 1's learning rate: all three.
+    new1, new2, new3 = _prefixes(_with_stage(params, 0, lr=1e-5))
+    assert new1 != s1 and new2 != s2 and new3 != s3
     # The run seed and the model decide the weights too.
     assert _prefixes(dataclasses.replace(params, train=dataclasses.replace(
         params.train, seed=1)))[0] != s1
@@ -66,9 +70,9 @@ def test_stage_folders_follow_what_decides_the_weights(s3_prefix):
         params.train, gpus_per_node=2, micro_batch=4, log_every=1, keep_checkpoints=5,
         checkpoint_every_images=8, compile=True))
     layout = _with_stage(layout, 1, micro_batch=2, activation_checkpointing=True)
-    assert _prefixes(layout) == [s1, s2]
+    assert _prefixes(layout) == [s1, s2, s3]
 
     # New latents (a re-encode): every stage that reads them retrains.
     _latents(params, 1.0)
     moved = _prefixes(params)
-    assert moved[0] != s1 and moved[1] != s2
+    assert moved[0] != s1 and moved[1] != s2 and moved[2] != s3
