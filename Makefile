@@ -51,7 +51,7 @@ demo: services-up  ## run the whole pipeline on the embedded demo profile
 	$(PY) -m tasks.models
 	$(PY) -m flows.deploy
 	.venv/bin/prefect deployment run micro-budget/full --watch
-	@$(PY) -m tasks.report.latest --profile demo
+	@$(PY) -m tasks.report.latest
 	@$(PY) -m infra.services status
 	@echo "Prefect UI: $$($(PY) -c 'from infra.settings import prefect_api_url as u; print(u()[:-4])')"
 	@echo "MLflow UI:  $$($(PY) -c 'from infra.settings import mlflow_uri as u; print(u())')"
@@ -60,7 +60,7 @@ repro: services-up  ## the same pipeline as DVC stages (`dvc repro`), then `dvc 
 	$(PY) -m tasks.models
 	PATH=$(CURDIR)/.venv/bin:$$PATH .venv/bin/dvc repro
 	PATH=$(CURDIR)/.venv/bin:$$PATH .venv/bin/dvc push
-	@$(PY) -m tasks.report.latest --profile demo
+	@$(PY) -m tasks.report.latest
 
 screenshots:  ## README screenshots of the MLflow and Prefect UIs (after `make demo`; needs chromium)
 	$(PY) -m infra.screenshots

@@ -1,6 +1,6 @@
 """Print what the newest finished pipeline run measured: the end of `make demo`.
 
-    python -m tasks.report.latest [--profile demo]
+    python -m tasks.report.latest [--profile demo|full]   # default: the one params.yaml runs
 
 The flow's report step closes a parent MLflow run with the report as an artifact
 (tasks/report/tracking.py); this reads that run back, so what the terminal shows is what the
@@ -20,6 +20,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from infra.settings import mlflow_uri
+from tasks.params import load_params
 from tasks.report.tracking import experiment_id, run_url
 
 # Report sections worth a terminal (tasks/report/summary.py and step.py write them).
@@ -66,12 +67,13 @@ def summary(client: MlflowClient, run: Run) -> str:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="demo")
+    ap.add_argument("--profile", default=None, help="default: the profile params.yaml selects")
     args = ap.parse_args(argv)
+    profile = args.profile or load_params().profile
     client = MlflowClient(tracking_uri=mlflow_uri())
-    run = latest_pipeline_run(client, args.profile)
+    run = latest_pipeline_run(client, profile)
     if run is None:
-        print(f"no finished pipeline run of profile {args.profile!r} at {mlflow_uri()}",
+        print(f"no finished pipeline run of profile {profile!r} at {mlflow_uri()}",
               file=sys.stderr)
         return 1
     print(summary(client, run))

@@ -94,10 +94,9 @@ def test_a_superseded_attempt_stays_killed_when_its_driver_gives_up_late(mlflow_
     assert failed.info.status == "FAILED" and failed.data.tags["stopped_at"] == "encode"
 
 
-def test_the_latest_finished_run_prints_its_prompt_following_and_link(mlflow_service):
-    # What `make demo` prints at its end: read back from the parent run the report closed.
+def _finished_demo_run_with_prompt_following() -> str:
+    """A demo parent run closed by the report step, its evaluation scored; returns its id."""
     from tasks.evaluate.attributes import chance
-    from tasks.report.latest import latest_pipeline_run, summary
 
     params = load_params(profile="demo")
     scores = {"n": 35, "shape": 0.857, "color": 1.0, "position": 1.0, "all": 0.857}
@@ -108,6 +107,14 @@ def test_the_latest_finished_run_prints_its_prompt_following_and_link(mlflow_ser
                           30.0)]
     parent = start_pipeline_run(params, "test-latest")
     report(params, envelopes, parent)
+    return parent
+
+
+def test_the_latest_finished_run_prints_its_prompt_following_and_link(mlflow_service):
+    # What `make demo` prints at its end: read back from the parent run the report closed.
+    from tasks.report.latest import latest_pipeline_run, summary
+
+    parent = _finished_demo_run_with_prompt_following()
     client = MlflowClient(mlflow_service)
     run = latest_pipeline_run(client, "demo")
     assert run is not None and run.info.run_id == parent
@@ -124,3 +131,15 @@ def test_a_report_section_stops_at_the_next_heading_and_drops_images():
     markdown = "# r\n\n### Prompt following\n\n| a |\n![grid](x.png)\n## Training\n\nmore"
     assert section(markdown, "### Prompt following") == "### Prompt following\n\n| a |"
     assert section(markdown, "## FID against images seen") == ""
+
+
+def test_latest_reads_the_profile_params_yaml_selects_and_fails_clearly_without_a_run(
+        mlflow_service, capsys):
+    from tasks.report.latest import main
+
+    parent = _finished_demo_run_with_prompt_following()
+    assert main([]) == 0  # found through params.yaml's profile, demo
+    out = capsys.readouterr().out
+    assert parent in out and "| seen pairs |" in out
+    assert main(["--profile", "no-such-profile"]) == 1
+    assert "no finished pipeline run of profile 'no-such-profile'" in capsys.readouterr().err
