@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from infra.config import ConfigError, to_dict
-from infra.settings import REPO_ROOT
+from infra.settings import state_dir
 from tasks.common.errors import report
 from tasks.params import PROFILES, load_params
 from tasks.report.ledger import envelope
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = module.run(params)
     except Exception as err:  # noqa: BLE001 - report() re-raises anything not operational
-        log = REPO_ROOT / ".state" / "logs" / f"tasks-{args.step}-error.log"
+        log = state_dir() / "logs" / f"tasks-{args.step}-error.log"
         return report(err, args.debug, log)
     if args.step != "report":
         # The envelope carries the wall time that the report prices.

@@ -13,10 +13,30 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import pytest
 
 from infra import services, settings
+from infra.settings import REPO_ROOT
 
-# Clients read these at import time in places: point them at the local servers up front.
-os.environ.setdefault("PREFECT_API_URL", settings.prefect_api_url())
-os.environ.setdefault("MLFLOW_TRACKING_URI", settings.mlflow_uri())
+# The suite keeps to a world of its own: its own state folder (buckets, runs, registry, flow
+# history, credentials) and its own ports, whatever the user has running. A user who ran
+# `make demo` finds the demo's data, runs and registered model as they were (style.md, 13).
+# MB_TEST_STATE_DIR and MB_TEST_PORT_BASE move it, e.g. for two suites side by side.
+TEST_PORT_OFFSETS = {"s3": 1, "master": 2, "volume": 3, "filer": 4, "mlflow": 5, "prefect": 6,
+                     "mirror": 7}
+
+
+def isolate_from_user_services(environ: dict) -> None:
+    """Point every client and service of this process (and its children) at the test world."""
+    environ["MB_STATE_DIR"] = environ.get("MB_TEST_STATE_DIR", str(REPO_ROOT / ".state-test"))
+    base = int(environ.get("MB_TEST_PORT_BASE", "21000"))
+    for name, offset in TEST_PORT_OFFSETS.items():
+        environ[f"MB_{name.upper()}_PORT"] = str(base + offset)
+    # The Makefile exports the user's endpoints; the suite replaces them with its own.
+    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MB_S3_ENDPOINT", "MB_MIRROR_URL"):
+        environ.pop(name, None)
+    environ["PREFECT_API_URL"] = settings.prefect_api_url()
+    environ["MLFLOW_TRACKING_URI"] = settings.mlflow_uri()
+
+
+isolate_from_user_services(os.environ)
 
 _started: list[str] = []
 
