@@ -4,7 +4,8 @@ ports, health check and credentials; `up`, `down` and `status` on top of infra/p
 Each service is a child process in its own session (so its whole process group can be signalled),
 with a PID file and a log under the state folder. `up` is idempotent (a healthy service is left
 alone), checks that ports are free before starting, and waits on a health check with a timeout;
-`down` stops by PID: TERM, then INT, then KILL, all services in parallel.
+`down` stops by PID: TERM, then INT, then KILL, all services in parallel; a PID file whose
+process is not the one it recorded (start time, command line) is removed and nothing signalled.
 
 Usage: python -m infra.services up|down|status [--only s3,mlflow,...]
 """
@@ -22,8 +23,8 @@ from pathlib import Path
 
 from infra import settings
 # Process control lives in infra/processes.py; re-exported here for the callers of `services`.
-from infra.processes import (Service, ServiceError, kill_all, read_pid, start,  # noqa: F401
-                             state, stop_all)
+from infra.processes import (Service, ServiceError, kill_all, read_pid,  # noqa: F401
+                             recorded_pid, start, state, stop_all)
 
 BUCKETS = ("micro-budget", "mlflow")
 WORK_POOLS = ("cpu", "gpu")
@@ -227,7 +228,10 @@ def status_lines(services: list[Service]) -> list[str]:
     lines = []
     for s in services:
         pid = read_pid(s.name)
-        if pid is None:
+        if pid is None and recorded_pid(s.name) is not None:
+            lines.append(f"{s.name:10s} down      (stale PID file: pid {recorded_pid(s.name)} "
+                         "is not this service)")
+        elif pid is None:
             lines.append(f"{s.name:10s} down")
         else:
             health = "healthy" if s.health() else "UNHEALTHY"

@@ -3,6 +3,7 @@ gives a clear error, and down stops every process it started, quickly."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -13,9 +14,11 @@ import pytest
 
 from infra.settings import REPO_ROOT
 
-ALT_PORTS = {"MB_S3_PORT": "31333", "MB_MASTER_PORT": "32333", "MB_VOLUME_PORT": "31380",
-             "MB_FILER_PORT": "31888", "MB_MLFLOW_PORT": "35500", "MB_PREFECT_PORT": "34200",
-             "MB_MIRROR_PORT": "38600"}
+# Ports of their own, beside the suite's (MB_TEST_PORT_BASE + 1..7, gRPC + 10000), so two
+# suites side by side on other bases never meet here either.
+_BASE = int(os.environ.get("MB_TEST_PORT_BASE", "21000")) + 50
+ALT_PORTS = {f"MB_{name}_PORT": str(_BASE + i) for i, name in enumerate(
+    ("S3", "MASTER", "VOLUME", "FILER", "MLFLOW", "PREFECT", "MIRROR"))}
 
 
 @pytest.fixture
@@ -49,7 +52,8 @@ def test_taken_port_gives_clear_error(isolated_env):
         sock.listen()
         run = _services(isolated_env, "up", "--only", "s3", timeout=60)
     assert run.returncode == 1
-    assert "port(s) [31333] already in use" in run.stderr and "MB_<NAME>_PORT" in run.stderr
+    assert f"port(s) [{ALT_PORTS['MB_S3_PORT']}] already in use" in run.stderr
+    assert "MB_<NAME>_PORT" in run.stderr
 
 
 def test_up_idempotent_and_down_leaves_no_process(isolated_env, tmp_path):
@@ -77,3 +81,30 @@ def test_up_idempotent_and_down_leaves_no_process(isolated_env, tmp_path):
     assert elapsed < 45, f"services-down took {elapsed:.1f} s"
     assert _processes_mentioning(state) == []
     assert _services(isolated_env, "down").returncode == 0  # idempotent
+
+
+def test_down_leaves_a_stranger_named_by_a_stale_pid_file_running(isolated_env, tmp_path):
+    """The PID file of a service that died names a number the system has since given to an
+    unrelated process (here one this test started, in a session of its own)."""
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                                start_new_session=True)
+    try:
+        pids = tmp_path / "state" / "pids"
+        pids.mkdir(parents=True)
+        (pids / "s3.pid").write_text(str(stranger.pid))  # the format before identities
+        (pids / "mlflow.pid").write_text(json.dumps(
+            {"pid": stranger.pid, "create_time": 1.0e9, "cmdline": ["mlflow", "server"]}))
+        status = _services(isolated_env, "status", "--only", "s3,mlflow", timeout=60)
+        assert status.stdout.count(f"stale PID file: pid {stranger.pid} is not this service") == 2
+        down = _services(isolated_env, "down", timeout=60)
+        assert down.returncode == 0, down.stderr
+        for name in ("s3", "mlflow"):
+            assert f"{name}: not running (stale PID file for pid {stranger.pid} removed" \
+                in down.stdout
+        assert "stopped" not in down.stdout
+        time.sleep(0.5)
+        assert stranger.poll() is None, "services down signalled a process that is not ours"
+        assert list(pids.iterdir()) == []
+    finally:
+        stranger.kill()
+        stranger.wait()
