@@ -23,7 +23,10 @@ class CaptionParams:
     model: str = "llava-hf/llava-1.5-7b-hf"  # Hugging Face id or local folder
     prompt: str = LLAVA_PROMPT
     max_new_tokens: int = 64  # tokens
-    batch_size: int = 32  # images per generate call
+    # generate: transformers' generate per batch; continuous: a finished caption's row takes the
+    # next image at once (same greedy captions; docs/benchmarks.md "Captioning" measures both)
+    engine: Literal["generate", "continuous"] = "generate"
+    batch_size: int = 32  # images per generate call; rows decoded at once (continuous)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     cache_implementation: Literal["dynamic", "static"] = "dynamic"  # static: fixed-shape KV cache

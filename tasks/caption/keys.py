@@ -8,9 +8,10 @@ from tasks.common.keys import digest, model_fingerprint, without
 from tasks.params import Params
 
 # How captions are computed, not what they say: batch size (left-padded greedy decoding is
-# batch-invariant), device placement, compilation, KV-cache layout, the switch and the list.
+# batch-invariant), device placement, compilation, KV-cache layout, the engine (its greedy
+# captions equal generate's, tests/tasks/test_caption.py), the switch and the list.
 EXECUTION_ONLY = ("enabled", "datasets", "batch_size", "device", "compile",
-                  "cache_implementation")
+                  "cache_implementation", "engine")
 
 
 def caption_key(params: CaptionParams) -> str:

@@ -1,7 +1,10 @@
 """LLaVA captioning: from_pretrained, batched left-padded generation, preprocessing prefetched.
 
 The processor (resize, normalise, tokenise) runs in a background thread one batch ahead, so the
-accelerator only waits on generate. Greedy decoding by default; a retry samples.
+accelerator only waits on the model. Greedy decoding by default; a retry samples. Two engines
+(caption.engine): `generate`, transformers' generate one batch at a time (a batch lasts as long
+as its longest caption), and `continuous`, where a finished caption's row takes the next image
+(tasks/caption/continuous.py). Both give the same greedy captions.
 """
 
 from __future__ import annotations
@@ -81,18 +84,55 @@ def generate(captioner: Captioner, inputs: dict[str, torch.Tensor], sample: bool
     return captioner.processor.batch_decode(new, skip_special_tokens=True)
 
 
-def caption_batches(captioner: Captioner, batches: Iterable[list[Image.Image]]
-                    ) -> Iterator[list[str]]:
-    """Greedy captions per batch; batch i+1 is preprocessed while batch i generates."""
+def prepared(captioner: Captioner, batches: Iterable[list[Image.Image]]
+             ) -> Iterator[dict[str, torch.Tensor]]:
+    """Processor inputs per batch; batch i+1 is preprocessed while batch i is consumed."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="caption-prep") as pool:
         pending = None
         for images in batches:
             future = pool.submit(prepare, captioner, images)
             if pending is not None:
-                yield generate(captioner, pending.result())
+                yield pending.result()
             pending = future
         if pending is not None:
-            yield generate(captioner, pending.result())
+            yield pending.result()
+
+
+def caption_batches(captioner: Captioner, batches: Iterable[list[Image.Image]]
+                    ) -> Iterator[list[str]]:
+    """Greedy captions per batch with `generate`, whatever caption.engine says."""
+    for inputs in prepared(captioner, batches):
+        yield generate(captioner, inputs)
+
+
+def continuous(captioner: Captioner, batches: Iterable[list[Image.Image]]) -> Iterator[str]:
+    """Greedy captions in input order, decoded with continuous batching over batch_size rows."""
+    from tasks.caption.continuous import ContinuousDecoder, prompts_of
+
+    params, tokenizer = captioner.params, captioner.processor.tokenizer
+    eos = captioner.model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    decoder = ContinuousDecoder(captioner.model, params.batch_size, params.max_new_tokens,
+                                eos_ids, tokenizer.pad_token_id, captioner.device,
+                                captioner.dtype)
+    done: dict[int, list[int]] = {}
+    next_out = 0
+    for index, tokens in decoder.run(prompts_of(prepared(captioner, batches))):
+        done[index] = tokens
+        while next_out in done:
+            yield tokenizer.decode(done.pop(next_out), skip_special_tokens=True)
+            next_out += 1
+
+
+def caption_images(captioner: Captioner, images: list[Image.Image]) -> Iterator[str]:
+    """Greedy captions of `images` in order, with the engine caption.engine names."""
+    size = captioner.params.batch_size
+    batches = [images[i:i + size] for i in range(0, len(images), size)]
+    if captioner.params.engine == "continuous":
+        yield from continuous(captioner, batches)
+    else:
+        for texts in caption_batches(captioner, batches):
+            yield from texts
 
 
 _LOCK = threading.Lock()

@@ -112,14 +112,12 @@ def accept(result: ShardResult, key: str, raw: str, params: CaptionParams) -> st
 
 def caption_with_llava(captioner: Any, pending: Pending, params: CaptionParams,
                        result: ShardResult, seed: int) -> None:
-    from tasks.caption.llava import caption_batches, generate, prepare
+    from tasks.caption.llava import caption_images, generate, prepare
 
     size = params.batch_size
-    batches = [pending.images[i:i + size] for i in range(0, len(pending.images), size)]
     retry: list[int] = []
     progress = tqdm(total=len(pending.keys), desc="caption", unit="img", leave=False)
-    texts = (t for batch in caption_batches(captioner, batches) for t in batch)
-    for i, raw in enumerate(texts):
+    for i, raw in enumerate(caption_images(captioner, pending.images)):
         if accept(result, pending.keys[i], raw, params) is not None:
             retry.append(i)
         progress.update(1)

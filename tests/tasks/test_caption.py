@@ -14,7 +14,7 @@ from transformers import LlavaForConditionalGeneration
 from infra import s3
 from infra.s3 import split_uri
 from tasks.caption.config import CaptionParams
-from tasks.caption.llava import caption_batches, generate, load, prepare
+from tasks.caption.llava import caption_batches, caption_images, generate, load, prepare
 from tasks.caption.run import caption_shard, plan, sidecar_uri
 from tasks.caption.text import clean, garbage_reason
 from tasks.caption.tiny import save_tiny_llava
@@ -92,6 +92,26 @@ def test_tiny_llava_loads_and_batched_greedy_matches_one_by_one(tiny_llava):
     static = load(CaptionParams(model=tiny_llava, device="cpu", max_new_tokens=8,
                                 cache_implementation="static"))
     assert generate(static, prepare(static, images[:3])) == batched[:3]
+
+
+@pytest.mark.parametrize("engine,batch_size,cache", [
+    ("generate", 13, "static"), ("continuous", 1, "dynamic"), ("continuous", 4, "dynamic"),
+    ("continuous", 32, "dynamic")])
+def test_every_cpu_engine_gives_plain_generates_greedy_captions(tiny_llava, engine, batch_size,
+                                                                cache):
+    # 40 new tokens: the random model ends some captions early (EOS), so in the continuous
+    # engine rows leave and new images enter a batch whose cache is longer than their prompt.
+    images = [Image.open(io.BytesIO(_jpeg(i, size=(40 + 9 * i, 60)))) for i in range(13)]
+    base = CaptionParams(model=tiny_llava, device="cpu", max_new_tokens=40, batch_size=4)
+    plain = load(base)
+    expected = [generate(plain, prepare(plain, images[i:i + 4]))
+                for i in range(0, len(images), 4)]
+    expected = [text for batch in expected for text in batch]
+    lengths = {len(plain.processor.tokenizer.tokenize(t)) for t in expected}
+    assert min(lengths) < 39 < max(lengths), "no caption ended early: nothing left a batch"
+    other = load(dataclasses.replace(base, engine=engine, batch_size=batch_size,
+                                     cache_implementation=cache))
+    assert list(caption_images(other, images)) == expected
 
 
 def test_caption_shard_writes_a_sidecar_encode_reads_and_resumes(s3_prefix, tiny_llava, tmp_path):
