@@ -22,9 +22,10 @@ from tasks.params import Params
 
 EXPORT_SUBFOLDER = "diffusers"  # <checkpoint>/diffusers/: the exported pipeline
 
+
 def build_pipeline(checkpoint_uri_or_dir: str, params: Params) -> MicroDiTPipeline:
     """The pipeline of a checkpoint (its EMA export when present) and params.encode's encoders,
-    on the CPU in float32."""
+    on the CPU in float32, sampling by default as params.evaluate scores it (guidance, steps)."""
     with tempfile.TemporaryDirectory() as cache:
         checkpoint = fetch_checkpoint(checkpoint_uri_or_dir, Path(cache))
         net = from_pretrained(checkpoint.path)
@@ -34,7 +35,8 @@ def build_pipeline(checkpoint_uri_or_dir: str, params: Params) -> MicroDiTPipeli
         vae=encoders.vae, text_encoder=encoders.text_model, tokenizer=encoders.tokenizer,
         transformer=MicroDiTTransformer.from_microdit(net),
         scheduler=EDMHeunScheduler(sigma_min=ev.sigma_min, sigma_max=ev.sigma_max, rho=ev.rho),
-        text_length=params.encode.text_length, tokenizer_compat=params.encode.tokenizer_compat)
+        text_length=params.encode.text_length, tokenizer_compat=params.encode.tokenizer_compat,
+        guidance_scale=ev.guidance, num_inference_steps=ev.steps)
 
 
 def export_run(checkpoint_uri_or_dir: str, params: Params, out_dir: str | Path) -> Path:

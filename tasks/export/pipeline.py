@@ -98,11 +98,16 @@ class MicroDiTPipeline(DiffusionPipeline):
 
     def __init__(self, vae: Any, text_encoder: Any, tokenizer: Any,
                  transformer: MicroDiTTransformer, scheduler: EDMHeunScheduler,
-                 text_length: int = 77, tokenizer_compat: str = "open_clip") -> None:
+                 text_length: int = 77, tokenizer_compat: str = "open_clip",
+                 guidance_scale: float = 5.0, num_inference_steps: int = 30) -> None:
+        """guidance_scale, num_inference_steps: what the model was evaluated with (the export
+        stores them in model_index.json), the defaults of a call that names none."""
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                               transformer=transformer, scheduler=scheduler)
-        self.register_to_config(text_length=text_length, tokenizer_compat=tokenizer_compat)
+        self.register_to_config(text_length=text_length, tokenizer_compat=tokenizer_compat,
+                                guidance_scale=guidance_scale,
+                                num_inference_steps=num_inference_steps)
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
@@ -129,13 +134,17 @@ class MicroDiTPipeline(DiffusionPipeline):
         return denoise
 
     @torch.no_grad()
-    def __call__(self, prompt: str | list[str], num_inference_steps: int = 30,
-                 guidance_scale: float = 5.0, generator: torch.Generator | None = None,
+    def __call__(self, prompt: str | list[str], num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None, generator: torch.Generator | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "pil",
                  return_dict: bool = True) -> ImagePipelineOutput | tuple:
-        """Images for prompt(s). The starting noise is `latents` if given, else drawn on the CPU
-        from `generator`, as model/edm.py sample_noise does. output_type: pil, np or latent
+        """Images for prompt(s). Steps and guidance default to the evaluated ones in the
+        config. The starting noise is `latents` if given, else drawn on the CPU from
+        `generator`, as model/edm.py sample_noise does. output_type: pil, np or latent
         (scaled VAE latents, what edm_heun_sampler returns)."""
+        num_inference_steps = num_inference_steps or self.config.num_inference_steps
+        if guidance_scale is None:
+            guidance_scale = self.config.guidance_scale
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         device = self._execution_device
         cfg = self.transformer.net.config

@@ -5,6 +5,8 @@
 DIR is a diffusers export (model_index.json, tasks/export) or a MicroDiT folder (config.json +
 model.safetensors: `python -m tasks import`, a checkpoint's ema/), which is paired with the
 encoders that params.encode names (--params / --profile). Runs on CUDA when available.
+Guidance and steps default to what the model was evaluated with (an export stores them; a
+MicroDiT folder takes params.evaluate's); each tile of the grid is labelled with its prompt.
 """
 
 from __future__ import annotations
@@ -72,8 +74,11 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--run", help="an MLflow pipeline run id: the model it registered")
     ap.add_argument("--n", type=int, default=4, help="images per prompt")
     ap.add_argument("--seed", type=int, default=0, help="initial noise seed")
-    ap.add_argument("--guidance", type=float, default=5.0, help="classifier-free guidance scale")
-    ap.add_argument("--steps", type=int, default=30, help="Heun sampler steps")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="classifier-free guidance scale (default: what the model was "
+                         "evaluated with, stored in the export)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="Heun sampler steps (default: the evaluated ones, as --guidance)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--out", type=Path, default=Path("grid.png"), help="grid PNG to write")
     ap.add_argument("--params", type=Path, default=None, help="params file (MicroDiT folders)")
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts = read_prompts(args.prompt, args.prompts_file)
         if not prompts:
             raise ValueError("no prompt: give --prompt or --prompts-file")
-        if args.n < 1 or args.steps < 2 or args.guidance < 1.0:
+        if args.n < 1 or (args.steps or 2) < 2 or (args.guidance or 1.0) < 1.0:
             raise ValueError("need --n >= 1, --steps >= 2 and --guidance >= 1")
         model = run_model(args.run) if args.run else model_folder(args.model)
         if not model.is_dir():
@@ -97,13 +102,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     pipe = pipe.to(pick_device(args.device))
+    # Flags win; otherwise the values the model was evaluated with (tasks/export/export.py).
+    steps = args.steps or pipe.config.num_inference_steps
+    guidance = args.guidance if args.guidance is not None else pipe.config.guidance_scale
     batch = [p for p in prompts for _ in range(args.n)]  # prompt-major: a prompt's n together
-    images = pipe(batch, num_inference_steps=args.steps, guidance_scale=args.guidance,
+    images = pipe(batch, num_inference_steps=steps, guidance_scale=guidance,
                   generator=torch.Generator().manual_seed(args.seed), output_type="np").images
     tensors = [torch.from_numpy(im).permute(2, 0, 1) for im in images]  # (3, H, W) uint8
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    sample_grid(tensors).save(args.out)
-    print(f"wrote {args.out}: {len(batch)} images ({len(prompts)} prompt(s) x {args.n})")
+    sample_grid(tensors, batch).save(args.out)
+    print(f"wrote {args.out}: {len(batch)} images ({len(prompts)} prompt(s) x {args.n}) "
+          f"at guidance {guidance:g}, {steps} steps")
     return 0
 
 

@@ -60,6 +60,9 @@ def test_export_writes_the_diffusers_layout(params: SimpleNamespace, checkpoint:
     assert index["scheduler"] == ["tasks.export.pipeline", "EDMHeunScheduler"]
     assert {"vae", "text_encoder", "tokenizer"} <= set(index)
     assert (index["text_length"], index["tokenizer_compat"]) == (77, "open_clip")
+    # The sampling the model was scored with travels with it: `tasks sample`'s defaults.
+    assert (index["guidance_scale"], index["num_inference_steps"]) == \
+        (params.evaluate.guidance, params.evaluate.steps)
     for folder in ("vae", "text_encoder", "tokenizer", "transformer", "scheduler"):
         assert (out / folder).is_dir(), folder
 
