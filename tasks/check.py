@@ -8,6 +8,8 @@ downscale against the VAE, caption width against the text tower, what training r
 what is downloaded and encoded, the stage chain, and each stage's estimated peak memory against
 the configured GPU. Needs no GPU and no data; the encoder configs are read from their local
 folders or the Hugging Face cache, or from the published values below when neither is at hand.
+An encoder whose config cannot be read (the demo's on a fresh clone, before `python -m tasks
+models` builds them) is not checked, and the result says so instead of a bare "ok".
 The flow runs it as its first step.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 
 from model.config import MicroDiTConfig
 from model.memory import parameter_count, peak_gib
+from tasks.common.memory import describe, device_memory
 from tasks.params import Params
 from tasks.train.config import StageParams
 
@@ -122,6 +125,20 @@ def check_encoders(params: Params) -> list[str]:
     return problems
 
 
+def unchecked_encoders(params: Params) -> list[str]:
+    """The encoders check_encoders could not read, each with why and what to do."""
+    enc = params.encode
+    out = []
+    for what, name, subfolder in (("VAE", enc.vae, enc.vae_subfolder),
+                                  ("text tower", enc.text_encoder, None)):
+        if read_config(name, subfolder) is None:
+            local = name.startswith((".", "/"))
+            out.append(f"the {what} {name}: no config.json " + (
+                "there yet (python -m tasks.models builds the demo's)" if local else
+                "cached and no published values here (download it, then check again)"))
+    return out
+
+
 def check_data(params: Params) -> list[str]:
     problems = []
     tp, enc = params.train, params.encode
@@ -171,12 +188,24 @@ def stage_plans(params: Params) -> list[StagePlan]:
             for s in tp.stages]
 
 
-def check_memory(params: Params, plans: list[StagePlan]) -> list[str]:
-    limit = params.train.gpu_memory_gib
+def memory_limit(params: Params, memory: list[dict[str, Any]]) -> tuple[float | None, str]:
+    """The memory a stage may use per GPU and where it comes from: the smallest visible GPU's
+    own memory (tasks/common/memory.py) when it is below train.gpu_memory_gib or none is set;
+    host memory never stands in for it."""
+    limit, source = params.train.gpu_memory_gib, "train.gpu_memory_gib"
+    gpus = [m["total_gib"] for m in memory if m["device"] != "cpu"]
+    if gpus and (limit is None or min(gpus) < limit):
+        limit, source = min(gpus), f"{describe(memory)} (measured)"
+    return limit, source
+
+
+def check_memory(params: Params, plans: list[StagePlan],
+                 memory: list[dict[str, Any]] | None = None) -> list[str]:
+    limit, source = memory_limit(params, device_memory() if memory is None else memory)
     if limit is None:
         return []
     return [f"stage {p.name}: estimated peak {p.peak_gib:.1f} GiB per GPU exceeds "
-            f"train.gpu_memory_gib {limit:g} (micro-batch {p.micro_batch}, activation "
+            f"{source} {limit:g} (micro-batch {p.micro_batch}, activation "
             f"checkpointing {'on' if p.checkpointing else 'off'}): lower its micro_batch or "
             "turn on activation_checkpointing" for p in plans if p.peak_gib > limit]
 
@@ -190,13 +219,15 @@ def preflight(params: Params) -> dict[str, Any]:
         raise PreflightError(f"preflight of profile {params.profile}: " + "; ".join(problems))
     return {"profile": params.profile, "evaluated_stage": evaluated_stage(params).name,
             "extra_stages": list(params.evaluate.extra_stages),
-            "stages": [p.__dict__ for p in plans]}
+            "stages": [p.__dict__ for p in plans], "unchecked": unchecked_encoders(params)}
 
 
 def render(result: dict[str, Any], limit: float | None) -> str:
     scored = [*result["extra_stages"], result["evaluated_stage"]]
-    lines = [f"preflight of profile {result['profile']}: ok "
+    verdict = "ok" if not result["unchecked"] else "ok as far as checked"
+    lines = [f"preflight of profile {result['profile']}: {verdict} "
              f"(evaluation scores {', '.join(scored)})"]
+    lines += [f"  not checked: {line}" for line in result["unchecked"]]
     for p in result["stages"]:
         lines.append(f"  {p['name']}: {p['resolution']} px, micro-batch {p['micro_batch']} x "
                      f"{p['accumulation']} accumulation, checkpointing "

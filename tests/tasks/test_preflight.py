@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from infra.config import to_dict
+from infra.settings import REPO_ROOT
 from tasks.check import PreflightError, preflight
 from tasks.cli import main
 from tasks.params import load_params
@@ -137,3 +138,21 @@ def test_cli_prints_one_line_for_a_batch_that_does_not_divide(tmp_path, capsys):
         **block["evaluate"], "resolution": 256}}}))
     assert main(["check", "--params", str(path)]) == 2
     assert "evaluate.resolution is 256 px" in capsys.readouterr().err
+
+
+def test_check_on_a_fresh_clone_says_which_encoders_it_could_not_read(tmp_path, capsys):
+    path = tmp_path / "fresh.yaml"
+    # The demo as on a fresh clone: its encoder folders are not built yet.
+    path.write_text(yaml.safe_dump({
+        "extends": str(REPO_ROOT / "params.yaml"), "profile": "demo",
+        "overrides": {"encode": {"vae": str(tmp_path / "no-vae"),
+                                 "text_encoder": str(tmp_path / "no-text")}}}))
+    assert main(["check", "--params", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "demo: ok as far as checked" in out and "demo: ok (" not in out
+    assert f"not checked: the VAE {tmp_path / 'no-vae'}: no config.json" in out
+    assert f"not checked: the text tower {tmp_path / 'no-text'}" in out
+    # With both configs at hand, a plain ok and nothing left unchecked.
+    checked = _with_encoders(load_params(path), tmp_path)
+    assert preflight(checked)["unchecked"] == []
+    assert preflight(load_params(path))["unchecked"] != []
