@@ -9,9 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import random
-import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -23,6 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import (ClientError, ConnectionClosedError, ConnectTimeoutError,
                                  EndpointConnectionError, ReadTimeoutError)
 
+from infra import retry
 from infra.settings import S3Settings, s3_settings
 
 log = logging.getLogger(__name__)
@@ -61,9 +59,8 @@ def make_client(settings: S3Settings):
     )
 
 
-# A store that is down or restarting (a SeaweedFS restart, a network blip, an S3 503) is waited
-# out: each call retries with exponential backoff and jitter for up to MB_S3_OUTAGE_S seconds
-# before the error reaches the step. botocore's own retries (above) cover only a few seconds.
+# botocore's own retries (above) cover only a few seconds; a store that is down or restarting
+# (a SeaweedFS restart, a network blip, an S3 503) is waited out with retry.s3_outage().
 TRANSIENT = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError,
              ReadTimeoutError, ConnectionError)
 RETRIED = {"attempts": 0}  # retries made in this process, for logs and tests
@@ -84,21 +81,22 @@ def _transient(err: BaseException) -> bool:
     return False
 
 
+def _retry_after(err: BaseException) -> float | None:
+    if isinstance(err, ClientError):
+        headers = err.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        return retry.retry_after_s(headers.get("retry-after"))
+    return None
+
+
 def outage_tolerant(fn: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> T:
-        deadline = time.monotonic() + float(os.environ.get("MB_S3_OUTAGE_S", "120"))
-        delay = 0.5
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except Exception as err:  # noqa: BLE001 - only transient errors are retried
-                if not _transient(err) or time.monotonic() + delay > deadline:
-                    raise
-                RETRIED["attempts"] += 1
-                log.warning("S3 %s failed (%s); retrying in %.1f s", fn.__name__, err, delay)
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 8.0)
+        def note(attempt: int, err: BaseException, wait: float) -> None:
+            RETRIED["attempts"] += 1
+            log.warning("S3 %s failed (%s); retrying in %.1f s", fn.__name__, err, wait)
+
+        return retry.call(lambda: fn(*args, **kwargs), retry.s3_outage(), _transient,
+                          _retry_after, note)
     return call
 
 

@@ -6,42 +6,48 @@ the download statistics can be summed across shards and compared across runs.
 Large archives (SA-1B tars, JourneyDB tgz parts, the TextCaps image zip, DiffusionDB part zips)
 go through `Transfer.fetch_archive`: the body is written to `<name>.part` in a scratch folder and a
 dropped connection resumes with an HTTP Range request from the byte where it stopped; transient
-failures are retried with exponential backoff and jitter (429/503 honour Retry-After), and every
-retry, resume and byte is counted in `Transfer.stats`.
+failures are retried with the project's one retry policy (infra/retry.py: exponential backoff with
+full jitter, 429/503 honour Retry-After), and every retry, resume and byte is counted in
+`Transfer.stats`.
 
-Credentials: HF_TOKEN is sent only to the hosts in `token_hosts`, and an Authorization or Cookie
-header never follows a redirect to another origin (scheme, host or port) nor an https -> http
-downgrade, as curl and requests behave.
+HTTP goes through one `requests.Session` per Transfer (one dataset's download): its adapter
+keeps a pool of kept-alive connections per host, so the many small image fetches of a shard do
+not each open a TCP connection.
+
+Credentials: HF_TOKEN is sent only to the hosts in `token_hosts`. requests itself drops the
+Authorization header when a redirect leaves the host, changes port or scheme (the http -> https
+upgrade on default ports excepted; Session.should_strip_auth) and re-derives Cookie for the new
+URL from its jar, so a token never follows a redirect to another host.
 """
 
 from __future__ import annotations
 
-import email.utils
-import http.client
+import io
 import json
 import os
-import random
 import shutil
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
-from infra import s3
+import requests
+import urllib3
+
+from infra import retry, s3
+from infra.retry import RetryPolicy
 from infra.settings import REPO_ROOT, mirror_url
 from tasks.common.errors import OperationalError
 
 USER_AGENT = "micro-budget-download/1.0 (+https://github.com/rom1504/img2dataset)"
 RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
-SECRET_HEADERS = ("Authorization", "Cookie", "Proxy-authorization")
 DEFAULT_TOKEN_HOSTS = ("huggingface.co",)
 CHUNK = 1 << 20  # bytes per read of an archive body
 GIB = 1 << 30
+T = TypeVar("T")
 
 
 class FetchError(OperationalError):
@@ -85,65 +91,43 @@ def resolve(location: str) -> str:
     return str(path if path.is_absolute() else REPO_ROOT / path)
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlparse(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
-    return parts.scheme, (parts.hostname or "").lower(), port
-
-
-def keeps_credentials(old_url: str, new_url: str) -> bool:
-    """Whether a redirect may carry credentials: same origin, or http -> https on one host.
-
-    The upgrade case matches requests' should_strip_auth; anything else (another host or port,
-    https -> http) drops them, as curl does since 7.58.
-    """
-    old, new = _origin(old_url), _origin(new_url)
-    if old == new:
-        return True
-    return (old[1] == new[1] and (old[0], old[2]) == ("http", 80)
-            and (new[0], new[2]) == ("https", 443))
-
-
-class SafeRedirectHandler(urllib.request.HTTPRedirectHandler):
-    """urllib's redirect handler copies every header to the new URL; this one strips secrets
-    when the redirect leaves the origin the request was made for."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and not keeps_credentials(req.full_url, new.full_url):
-            for name in SECRET_HEADERS:
-                new.remove_header(name)
-        return new
-
-
-OPENER = urllib.request.build_opener(SafeRedirectHandler)
-
-
-def request(url: str, token_hosts: tuple[str, ...] = DEFAULT_TOKEN_HOSTS,
-            headers: dict[str, str] | None = None) -> urllib.request.Request:
-    """A GET with our User-Agent; HF_TOKEN only when the URL's own host is a token host."""
-    out = {"User-Agent": USER_AGENT, **(headers or {})}
+def headers_for(url: str, token_hosts: tuple[str, ...] = DEFAULT_TOKEN_HOSTS,
+                extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Our User-Agent; HF_TOKEN only when the URL's own host is a token host."""
+    out = {"User-Agent": USER_AGENT, **(extra or {})}
     token = os.environ.get("HF_TOKEN")
     if token and (urlparse(url).hostname or "").lower() in token_hosts:
         out["Authorization"] = f"Bearer {token}"
-    return urllib.request.Request(url, headers=out)
+    return out
+
+
+def _status(err: BaseException) -> int | None:
+    """The HTTP status of an error response, None for any other failure."""
+    if isinstance(err, requests.HTTPError) and err.response is not None:
+        return err.response.status_code
+    return None
 
 
 def reason_from_exception(err: BaseException) -> str:
     if isinstance(err, FetchError):
         return err.reason
-    if isinstance(err, urllib.error.HTTPError):
-        return f"http_{err.code}"
-    if isinstance(err, urllib.error.URLError):
-        return "timeout" if isinstance(err.reason, (socket.timeout, TimeoutError)) \
-            else "connection_error"
-    if isinstance(err, (socket.timeout, TimeoutError)):
+    if (status := _status(err)) is not None:
+        return f"http_{status}"
+    # A body that stalls mid-read surfaces as a ConnectionError wrapping urllib3's timeout.
+    if isinstance(err, requests.Timeout) or (
+            err.args and isinstance(err.args[0], urllib3.exceptions.ReadTimeoutError)):
+        return "timeout"
+    if isinstance(err, TimeoutError):
         return "timeout"
     if isinstance(err, FileNotFoundError):
         return "not_found"
-    if isinstance(err, http.client.IncompleteRead):
+    if isinstance(err, (requests.exceptions.ChunkedEncodingError, IncompleteBody)):
         return "incomplete_transfer"
     return "connection_error"
+
+
+class IncompleteBody(OSError):
+    """The connection ended before the announced length; the next attempt resumes."""
 
 
 def reason_from_message(message: str) -> str:
@@ -159,36 +143,6 @@ def reason_from_message(message: str) -> str:
     if "refused" in text or "urlopen error" in text or "connection" in text:
         return "connection_error"
     return "other"
-
-
-def retry_after_s(value: str | None) -> float | None:
-    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value.strip())
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter (AWS architecture blog's "full jitter" variant)."""
-
-    retries: int = 8  # extra attempts after the first
-    backoff_s: float = 1.0  # base of the exponential: attempt k waits up to base * 2^(k-1)
-    backoff_max_s: float = 60.0  # cap of one wait, Retry-After included
-
-    def delay(self, attempt: int, retry_after: float | None = None,
-              rng: random.Random | None = None) -> float:
-        ceiling = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
-        wait = (rng or random).uniform(0.0, ceiling)
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, self.backoff_max_s))
-        return wait
 
 
 @dataclass
@@ -208,9 +162,17 @@ class NetStats:
 
 
 def _is_transient(err: BaseException) -> bool:
-    if isinstance(err, urllib.error.HTTPError):
-        return err.code in RETRYABLE_HTTP
+    if isinstance(err, FetchError):
+        return False
+    if (status := _status(err)) is not None:
+        return status in RETRYABLE_HTTP
     return not isinstance(err, (FileNotFoundError, ValueError))
+
+
+def _retry_after(err: BaseException) -> float | None:
+    if _status(err) in (429, 503):
+        return retry.retry_after_s(err.response.headers.get("Retry-After"))
+    return None
 
 
 def parse_content_range(value: str | None) -> tuple[int, int | None]:
@@ -223,7 +185,7 @@ def parse_content_range(value: str | None) -> tuple[int, int | None]:
 
 @dataclass
 class Transfer:
-    """Timeouts, retries, token hosts and counters shared by one dataset's downloads."""
+    """Timeouts, retries, token hosts, the HTTP session and counters of one dataset's downloads."""
 
     timeout_s: float = 10.0
     image_retries: int = 2
@@ -231,65 +193,67 @@ class Transfer:
     token_hosts: tuple[str, ...] = DEFAULT_TOKEN_HOSTS
     reserve_bytes: int = GIB  # free space kept on the scratch disk beyond an archive
     stats: NetStats = field(default_factory=NetStats)
-    sleep: object = time.sleep  # tests replace it to observe waits without sleeping
+    sleep: Callable[[float], None] = time.sleep  # tests observe waits without sleeping
+    session: requests.Session = field(default_factory=requests.Session, repr=False)
 
-    def open(self, url: str, headers: dict[str, str] | None = None):
-        return OPENER.open(request(url, self.token_hosts, headers), timeout=self.timeout_s)
+    def get(self, url: str, headers: dict[str, str] | None = None,
+            stream: bool = False) -> requests.Response:
+        """A GET that follows redirects; an error status raises requests.HTTPError."""
+        resp = self.session.get(url, headers=headers_for(url, self.token_hosts, headers),
+                                timeout=self.timeout_s, stream=stream)
+        if resp.status_code >= 400:
+            resp.close()
+            resp.raise_for_status()
+        return resp
 
-    def _wait(self, attempt: int, err: BaseException) -> None:
-        after = None
-        if isinstance(err, urllib.error.HTTPError) and err.code in (429, 503):
-            after = retry_after_s(err.headers.get("Retry-After"))
-            self.stats.add("rate_limited")
-        self.stats.add("retries")
-        self.sleep(self.policy.delay(attempt, after))
+    def _retrying(self, fn: Callable[[], T], url: str, policy: RetryPolicy, counter: str,
+                  progress: Callable[[], bool] = lambda: False, source: bool = True) -> T:
+        """fn() under the retry policy; a failure that stays is a FetchError with its reason.
+        A source (not one image among many) refused with 401/403 raises AccessDenied."""
+        def note(attempt: int, err: BaseException, wait: float) -> None:
+            if _status(err) in (429, 503):
+                self.stats.add("rate_limited")
+            if progress():
+                self.stats.add("resumes")
+            self.stats.add(counter)
 
-    @staticmethod
-    def _raise_denied(err: BaseException, url: str) -> None:
-        if isinstance(err, urllib.error.HTTPError) and err.code in (401, 403):
-            raise AccessDenied(err.code, url) from err
+        try:
+            return retry.call(fn, policy, _is_transient, _retry_after, note, self.sleep)
+        except FetchError:
+            raise
+        except ValueError as err:  # requests' InvalidURL, MissingSchema, ...
+            raise FetchError("bad_url", f"{url!r}: {err}") from err
+        except OSError as err:  # requests' exceptions are OSErrors
+            if source and _status(err) in (401, 403):
+                raise AccessDenied(_status(err), url) from err
+            raise FetchError(reason_from_exception(err), f"{url}: {err}") from err
 
     def read_bytes(self, location: str) -> bytes:
         """The whole content of a small source file (annotations, link lists); retried."""
         url = resolve(location)
-        attempt = 0
-        while True:
-            try:
-                if url.startswith("s3://"):
-                    return s3.get_bytes(url)
-                if urlparse(url).scheme not in ("http", "https"):
-                    return Path(url).read_bytes()
-                with self.open(url) as resp:
-                    return resp.read()
-            except (OSError, http.client.HTTPException) as err:
-                self._raise_denied(err, url)
-                attempt += 1
-                if attempt > self.policy.retries or not _is_transient(err):
-                    raise FetchError(reason_from_exception(err), f"{url}: {err}") from err
-                self._wait(attempt, err)
+
+        def once() -> bytes:
+            if url.startswith("s3://"):
+                return s3.get_bytes(url)
+            if urlparse(url).scheme not in ("http", "https"):
+                return Path(url).read_bytes()
+            return self.get(url).content
+
+        return self._retrying(once, url, self.policy, "retries")
 
     def fetch_image(self, url: str) -> bytes:
         """Image bytes from a URL; 5xx, 429 and connection errors are retried with backoff.
 
         A redirect to a host's "photo unavailable" image is reported as `placeholder`.
         """
-        attempt = 0
-        while True:
-            try:
-                with self.open(url) as resp:
-                    if is_placeholder_url(resp.geturl()):
-                        raise FetchError("placeholder", f"{url} -> {resp.geturl()}")
-                    return resp.read()
-            except ValueError as err:
-                raise FetchError("bad_url", repr(url)) from err
-            except (OSError, http.client.HTTPException) as err:
-                if isinstance(err, FetchError):
-                    raise
-                attempt += 1
-                if attempt > self.image_retries or not _is_transient(err):
-                    raise FetchError(reason_from_exception(err), f"{url}: {err}") from err
-                self.stats.add("image_retries")
-                self.sleep(min(self.policy.backoff_max_s, 0.2 * attempt) * random.uniform(0.5, 1))
+        def once() -> bytes:
+            resp = self.get(url)
+            if is_placeholder_url(resp.url):
+                raise FetchError("placeholder", f"{url} -> {resp.url}")
+            return resp.content
+
+        return self._retrying(once, url, replace(self.policy, retries=self.image_retries),
+                              "image_retries", source=False)
 
     def fetch_archive(self, location: str, dest: Path) -> Path:
         """A large source file at `dest` (a local source is read where it is); resumable.
@@ -323,48 +287,57 @@ class Transfer:
         if meta.get("url") != url:
             part.unlink(missing_ok=True)
             meta = {"url": url}
-        attempt = 0
-        while True:
-            have = part.stat().st_size if part.exists() else 0
-            headers = {}
+        started_at = 0  # bytes on disk when the current attempt began
+
+        def size() -> int:
+            return part.stat().st_size if part.exists() else 0
+
+        def once() -> Path:
+            nonlocal started_at
+            have = started_at = size()
+            # Bytes as stored: a compressed transfer would make the Range offsets meaningless.
+            headers = {"Accept-Encoding": "identity"}
             if have:
                 headers["Range"] = f"bytes={have}-"
                 if meta.get("validator"):
                     headers["If-Range"] = meta["validator"]
             try:
-                with self.open(url, headers) as resp:
-                    total = self._start_body(resp, have, part, dest, meta, meta_path)
-                    offset = part.stat().st_size if part.exists() else 0
-                    with open(part, "ab") as out:
-                        while chunk := resp.read(CHUNK):
+                resp = self.get(url, headers, stream=True)
+            except requests.HTTPError as err:
+                if _status(err) == 416 and have:
+                    part.unlink(missing_ok=True)  # the part no longer fits the object: restart
+                    self.stats.add("restarts")
+                    return once()
+                raise
+            with resp:
+                total = self._start_body(resp, have, part, dest, meta, meta_path)
+                offset = size()
+                # read1 hands over what has arrived, so a body cut mid-chunk leaves its bytes
+                # on disk for the resume (iter_content would drop the unfinished chunk).
+                with open(part, "ab") as out:
+                    try:
+                        while chunk := resp.raw.read1(CHUNK):
                             out.write(chunk)
                             offset += len(chunk)
                             self.stats.add("archive_bytes", len(chunk))
-                if total is not None and offset != total:
-                    raise http.client.IncompleteRead(b"", total - offset)
-                part.rename(dest)
-                meta_path.unlink(missing_ok=True)
-                return dest
-            except (OSError, http.client.HTTPException) as err:
-                if isinstance(err, FetchError):
-                    raise
-                self._raise_denied(err, url)
-                if isinstance(err, urllib.error.HTTPError) and err.code == 416 and have:
-                    part.unlink(missing_ok=True)  # the part no longer fits the object: restart
-                    self.stats.add("restarts")
-                    continue
-                attempt += 1
-                if attempt > self.policy.retries or not _is_transient(err):
-                    raise FetchError(reason_from_exception(err), f"{url}: {err}") from err
-                if part.exists() and part.stat().st_size > have:
-                    self.stats.add("resumes")
-                self._wait(attempt, err)
+                    except urllib3.exceptions.ReadTimeoutError as err:
+                        raise requests.ReadTimeout(str(err)) from err
+                    except urllib3.exceptions.HTTPError as err:
+                        raise IncompleteBody(str(err)) from err
+            if total is not None and offset != total:
+                raise IncompleteBody(f"{total - offset} bytes missing")
+            part.rename(dest)
+            meta_path.unlink(missing_ok=True)
+            return dest
 
-    def _start_body(self, resp, have: int, part: Path, dest: Path, meta: dict,
-                    meta_path: Path) -> int | None:
+        return self._retrying(once, url, self.policy, "retries",
+                              progress=lambda: size() > started_at)
+
+    def _start_body(self, resp: requests.Response, have: int, part: Path, dest: Path,
+                    meta: dict, meta_path: Path) -> int | None:
         """Check where the body starts and that it fits on disk; returns the object's length."""
         length = resp.headers.get("Content-Length")
-        if resp.status == 206:
+        if resp.status_code == 206:
             start, total = parse_content_range(resp.headers.get("Content-Range"))
             if start != have:
                 raise FetchError("bad_range", f"asked for byte {have}, got {start}")
@@ -409,17 +382,15 @@ def open_stream(location: str, timeout_s: float):
     url = resolve(location)
     try:
         if url.startswith("s3://"):
-            import io
-
             return io.BytesIO(s3.get_bytes(url))
         if urlparse(url).scheme in ("http", "https"):
-            return OPENER.open(request(url), timeout=timeout_s)
+            resp = Transfer(timeout_s=timeout_s).get(url, stream=True)
+            resp.raw.decode_content = True  # requests asks for gzip; the reader wants the bytes
+            return resp.raw
         return open(url, "rb")
-    except urllib.error.HTTPError as err:
-        if err.code in (401, 403):
-            raise AccessDenied(err.code, url) from err
-        raise FetchError(reason_from_exception(err), f"{url}: {err}") from err
-    except (OSError, http.client.HTTPException) as err:
+    except OSError as err:
+        if _status(err) in (401, 403):
+            raise AccessDenied(_status(err), url) from err
         raise FetchError(reason_from_exception(err), f"{url}: {err}") from err
 
 

@@ -77,3 +77,15 @@ def test_read_only_key_reads_but_cannot_write(s3_service):
     with pytest.raises(ClientError):
         ro.delete_object(Bucket="micro-budget", Key="test/ro.txt")
     assert s3.exists("s3://micro-budget/test/ro.txt")
+
+
+def test_a_refusal_is_raised_at_once_not_waited_out(s3_prefix, monkeypatch):
+    """Only outages are retried (infra/retry.py's s3_outage policy): a missing key or bucket is
+    an answer, and reaches the caller without a retry."""
+    monkeypatch.setenv("MB_S3_OUTAGE_S", "60")
+    before = s3.RETRIED["attempts"]
+    with pytest.raises(ClientError, match="NoSuchKey"):
+        s3.get_bytes(s3.join(s3_prefix, "missing"))
+    with pytest.raises(ClientError, match="NoSuchBucket"):
+        s3.get_bytes(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x")
+    assert s3.RETRIED["attempts"] == before
