@@ -39,7 +39,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from tasks.evaluate.attributes import BACKGROUNDS, COLORS, HELD_OUT, POSITIONS, SHAPES, Scene
+from tasks.evaluate.attributes import (BACKGROUNDS, COLORS, DESCRIBE, HELD_OUT, POSITIONS,
+                                       SHAPES, Scene)
 
 TOKEN = "http://mirror.invalid"
 MARKER = "corpus.json"
@@ -51,11 +52,7 @@ STYLES = {
             "{c} {s} at the {p} of a {b} frame"],
     "prompt": ["{c} {s} in the {p} corner, {b} background", "a {c} {s} at the {p}, plain {b} "
                "background", "minimal art, {c} {s}, {p} corner, {b} backdrop"],
-    "describe": ["A {c} {s} in the {p} corner of a {b} picture.",
-                 "There is a {c} {s} at the {p} of the image, on a {b} background.",
-                 "The {p} corner holds a {c} {s} against {b}.",
-                 "A single {c} {s} sits in the {p} corner; the rest is {b}.",
-                 "An image with a {c} {s} placed at the {p} over a {b} background."],
+    "describe": list(DESCRIBE),  # the report set's prompts read like these too
     "llava": ["The image shows a {c} {s} in the {p} corner against a plain {b} background.",
               "In this image, a {c} {s} is placed at the {p}, and the background is {b}."],
 }

@@ -9,6 +9,7 @@ Caches (all resumable, all keyed by what determines their content):
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tempfile
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from infra import s3
 from tasks.common.errors import OperationalError
 from tasks.common.shards import Manifest, read_manifest
 from tasks.download.config import originals_dataset
-from tasks.evaluate.attributes import prompt_following
+from tasks.evaluate.attributes import prompt_following, report_prompts
 from tasks.evaluate.config import EvaluateParams
 from tasks.evaluate.generate import (Checkpoint, TextEncoder, cached_prompts, check_compatible,
                                      fetch_checkpoint, generate_missing, generation_protocol,
@@ -123,6 +124,19 @@ def generated_side(params: Params, checkpoint_source: str, encoders_loader: Enco
     return Generated(checkpoint=checkpoint, protocol=protocol, samples=samples)
 
 
+def report_side(params: Params, checkpoint_source: str, encoders_loader: EncodersLoader,
+                device: torch.device, cache_dir: Path) -> Generated:
+    """Samples of the report set's prompts, under the same sampler settings as the tune set's;
+    scored for prompt-following only (FID stays on the COCO-val draw)."""
+    prompts = report_prompts()
+    if not prompts:
+        raise ValueError("evaluate.report_set is on but attributes.REPORT_SCENES is empty")
+    ev = dataclasses.replace(params.evaluate, num_samples=len(prompts))
+    key = protocol_hash({"report_prompts": prompts})
+    return generated_side(dataclasses.replace(params, evaluate=ev), checkpoint_source,
+                          encoders_loader, prompts, key, device, cache_dir)
+
+
 def clip_score(ev: EvaluateParams, samples: Manifest, device: torch.device) -> float | None:
     """CLIP score of the samples against their prompts, or None without a CLIP model."""
     if ev.clip_model is None:
@@ -151,6 +165,8 @@ def evaluate(params: Params, checkpoint_source: str, encoders_loader: EncodersLo
     with tempfile.TemporaryDirectory() as tmp:
         generated = generated_side(params, checkpoint_source, encoders_loader, prompts,
                                    prompts_key, device, cache_dir or Path(tmp))
+        report = (report_side(params, checkpoint_source, encoders_loader, device,
+                              cache_dir or Path(tmp)) if ev.report_set else None)
     samples = generated.samples
 
     fid = new_fid(inception)
@@ -159,16 +175,19 @@ def evaluate(params: Params, checkpoint_source: str, encoders_loader: EncodersLo
                batch_size=ev.feature_batch_size, total=samples.samples)
     protocol = fid_protocol(ev, real_record["protocol"], real_record["count"],
                             generated.checkpoint, inception_name)
-    grid = grid_png([image for image, _ in
-                     itertools.islice(iter_generated(samples), ev.grid_images)])
+    shown = list(itertools.islice(iter_generated(samples), ev.grid_images))
+    grid = grid_png([image for image, _ in shown], [prompt for _, prompt in shown])
     result = {"checkpoint": checkpoint_source, "checkpoint_digest": generated.checkpoint.digest,
               "fid": fid_value(fid), "clip_score": clip_score(ev, samples, device),
               # demo vocabulary only (tasks/evaluate/attributes.py); None for other prompts
               "prompt_following": prompt_following(
-                  (image.numpy(), prompt) for image, prompt in iter_generated(samples)),
+                  ((image.numpy(), prompt) for image, prompt in iter_generated(samples)),
+                  ((image.numpy(), prompt) for image, prompt in
+                   (iter_generated(report.samples) if report else ()))),
               "protocol": protocol, "protocol_hash": protocol_hash(protocol),
               "generation": generated.protocol, "real_stats": real_record["uri"],
               "real_skipped": real_record["skipped"],
               "samples": s3.join(samples.prefix, "manifest.json"),
+              "report_samples": report and s3.join(report.samples.prefix, "manifest.json"),
               "batches_generated": samples.stats.get("batches_generated", 0)}
     return Evaluation(result=result, grid_png=grid)

@@ -15,6 +15,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from infra.settings import mlflow_uri
+from tasks.evaluate.attributes import GROUPS
 
 
 
@@ -28,13 +29,14 @@ def metric_names(result: dict[str, Any]) -> dict[str, str]:
 
 def following_metrics(result: dict[str, Any]) -> dict[str, float]:
     """Prompt-following accuracies under protocol-qualified names (the demo vocabulary only):
-    per attribute and all-correct, for seen and held-out pairs, and chance's all-correct."""
+    per attribute and all-correct, for the report set, seen and held-out pairs, and chance's
+    all-correct."""
     following = result.get("prompt_following")
     if not following:
         return {}
     template = metric_names(result)["prompt"]
     out = {}
-    for group in ("seen", "held_out"):
+    for group in GROUPS:
         scores = following.get(group) or {}
         if scores.get("n"):
             out |= {template.format(name=name, group=group): float(scores[name])

@@ -1,9 +1,10 @@
 """The small, flat metrics file that `dvc metrics show` prints as one compact row per revision.
 
 out/metrics.json holds only numbers under short keys: the final FID and CLIP score, the demo's
-prompt-following (all-correct share for seen and held-out pairs, and chance's), the total
-cost and device-hours, and per training stage its GPU-hours, cost and images seen. The full
-step summaries stay in out/<step>.json (and the evaluation protocol in out/evaluate.json).
+prompt-following (all-correct share for the report set, seen and held-out pairs, and chance's),
+the total cost and device-hours, and per training stage its GPU-hours, cost and images seen.
+The full step summaries stay in out/<step>.json (and the evaluation protocol in
+out/evaluate.json).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.common.cost import cost_usd, gpu_hours
+from tasks.evaluate.attributes import GROUPS
 from tasks.params import Params
 from tasks.report.ledger import LedgerRow, totals
 
@@ -26,7 +28,7 @@ def flat_metrics(params: Params, envelopes: list[dict[str, Any]], rows: list[Led
         if evaluation.get(key) is not None:
             out[key] = round(float(evaluation[key]), 4)
     following = evaluation.get("prompt_following") or {}
-    for group in ("seen", "held_out"):
+    for group in GROUPS:
         if (following.get(group) or {}).get("n"):
             out[f"follow_{group}_all"] = round(float(following[group]["all"]), 4)
     if following:

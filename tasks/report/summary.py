@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.evaluate.attributes import prompt_following_table
+from tasks.evaluate.attributes import GROUPS, prompt_following_table
 from tasks.report.ledger import LedgerRow, ledger_markdown
 
 
@@ -38,7 +38,7 @@ def final_metrics(envelopes: list[dict[str, Any]]) -> dict[str, float]:
     if ev.get("clip_score") is not None:
         out[f"clip_score_{suffix}"] = float(ev["clip_score"])
     following = ev.get("prompt_following") or {}
-    for group in ("seen", "held_out"):
+    for group in GROUPS:
         scores = following.get(group) or {}
         if scores.get("n"):
             out |= {f"prompt_{name}_{group}_{suffix}": float(scores[name])

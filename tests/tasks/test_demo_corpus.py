@@ -19,8 +19,9 @@ from infra.mirror.corpus import STYLES, caption, make_image, scene
 from tasks.common.shards import iter_shard, read_manifest
 from tasks.download.run import download
 from tasks.encode.preprocess import center_crop_resize, decode_image
-from tasks.evaluate.attributes import (ATTRIBUTES, HELD_OUT, Scene, chance, classify,
-                                       parse_prompt, prompt_following)
+from tasks.evaluate.attributes import (ATTRIBUTES, BACKGROUNDS, HELD_OUT, REPORT_SCENES, Scene,
+                                       chance, classify, parse_prompt, prompt_following,
+                                       report_prompts)
 
 TRAIN = ("cc3m", "textcaps", "journeydb", "diffusiondb")  # SA-1B's captions come later
 
@@ -130,6 +131,44 @@ def test_prompt_following_scores_seen_and_held_out_apart_with_chance():
     assert score["chance"]["all"] == pytest.approx(1 / 48)
     assert set(ATTRIBUTES) <= set(chance())
     assert prompt_following([(right, "a photo of a cat")]) is None
+    # The report set is scored apart: its images count in no tune group, nor tune's in it.
+    report = [(right, "A red square in the top left corner of a white picture."),
+              (blank, "A red square in the top left corner of a gray picture.")]
+    apart = prompt_following(prompts, report)
+    assert apart["report"] == {"n": 2, "shape": 0.5, "color": 0.5, "position": 0.5, "all": 0.5}
+    assert apart["seen"] == score["seen"] and apart["held_out"] == score["held_out"]
+    assert score["report"]["n"] == 0
+
+
+def test_the_report_set_is_every_seen_combination_no_demo_coco_val_image_shows(tmp_path,
+                                                                              monkeypatch):
+    # The tune set is drawn from the demo corpus's COCO val, so a report combination there
+    # would have been tuned on. Captions only: image bytes are not encoded (seconds, not a
+    # minute); the draws are the same, so the captions are the demo corpus's.
+    from infra.mirror import corpus
+    from tasks.evaluate.attributes import COLORS, POSITIONS, SHAPES
+
+    monkeypatch.setattr(corpus, "encode", lambda image, fmt="JPEG": b"")
+    corpus.generate(tmp_path, seed=0, size=corpus.DEMO_SIZE)
+    doc = json.loads((tmp_path / "coco/annotations/captions_val2014.json").read_text())
+    shown = {(w.shape, w.color, w.position)
+             for w in (parse_prompt(a["caption"]) for a in doc["annotations"])}
+    seen = {(s, c, p) for s in SHAPES for c in COLORS for p in POSITIONS
+            if (s, c) not in HELD_OUT}
+    assert REPORT_SCENES == seen - shown
+
+
+def test_the_report_set_asks_for_seen_combinations_only_each_on_every_background():
+    prompts = report_prompts()
+    wanted = [parse_prompt(text) for text in prompts]
+    assert len(prompts) == len(set(prompts)) == len(REPORT_SCENES) * len(BACKGROUNDS)
+    assert {(w.shape, w.color, w.position) for w in wanted} == REPORT_SCENES
+    assert {w.background for w in wanted} == set(BACKGROUNDS)
+    assert not any(w.held_out for w in wanted)  # held-out pairs keep their own group
+    assert len(REPORT_SCENES) >= 10  # enough combinations for a score, not a handful
+    # In COCO val's words: every report prompt is one of its descriptive templates.
+    assert all(any(text == t.format(c=w.color, s=w.shape, p=w.position, b=w.background)
+                   for t in STYLES["describe"]) for text, w in zip(prompts, wanted))
 
 
 def test_jpeg_round_trip_keeps_the_scene():
