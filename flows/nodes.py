@@ -12,20 +12,19 @@ the stage fails naming each node, and the rerun resumes from the latest checkpoi
 
 from __future__ import annotations
 
-import tempfile
 import time
 import uuid
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.deployments import run_deployment
 
-from flows.units import pool_and_workers, resolved_params_text, wait_for
+from flows.units import pool_and_workers, wait_for
 from infra import s3
-from tasks.params import Params, load_params
-from tasks.train.step import Endpoint, free_port, node_address, run_stage
+from tasks.params import Params, dumps_resolved, loads_resolved
+from tasks.train.step import (Endpoint, ProgressArtifact, free_port, node_address,
+                              run_stage)
 
 NODE_FLOW = "micro-budget-node"
 
@@ -40,13 +39,12 @@ def _wait_for_endpoint(uri: str, timeout_s: float = 600.0) -> Endpoint:
 
 
 @flow(name=NODE_FLOW, flow_run_name="{stage}-node{node_rank}")
-def train_node(stage: str, node_rank: int, params_yaml: str, profile: str, endpoint_uri: str,
-               result_uri: str, parent_run_id: str | None = None) -> str:
-    """Run this node's torchrun of a stage; writes what the node held to `result_uri`."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "params.yaml"
-        path.write_text(params_yaml)
-        params = load_params(path, profile)
+def train_node(stage: str, node_rank: int, params_yaml: str, params_sha256: str,
+               endpoint_uri: str, result_uri: str, parent_run_id: str | None = None) -> str:
+    """Run this node's torchrun of a stage; writes what the node held to `result_uri`.
+
+    `params_yaml` and `params_sha256` are node 0's params (tasks.params.dumps_resolved)."""
+    params = loads_resolved(params_yaml, params_sha256)
     endpoint = _wait_for_endpoint(endpoint_uri)
     s3.put_json(result_uri, run_stage(params, stage, parent_run_id, node_rank, endpoint))
     return result_uri
@@ -66,18 +64,19 @@ def train_stage_on_nodes(params: Params, stage: str,
                                 "_nodes", f"{stage}-{uuid.uuid4().hex[:12]}")
     endpoint = Endpoint(node_address(), free_port())
     s3.put_json(s3.join(folder, "endpoint.json"), asdict(endpoint))
-    text = resolved_params_text(params)
+    text, sha256 = dumps_resolved(params)
     remote = []
     for rank in range(1, nodes):
         uri = s3.join(folder, f"node-{rank}.json")
         run = run_deployment(f"{NODE_FLOW}/{pool}", timeout=0, parameters={
-            "stage": stage, "node_rank": rank, "params_yaml": text, "profile": params.profile,
+            "stage": stage, "node_rank": rank, "params_yaml": text, "params_sha256": sha256,
             "endpoint_uri": s3.join(folder, "endpoint.json"), "result_uri": uri,
             "parent_run_id": parent_run_id})
         remote.append((rank, run.id, uri))
     errors, result = [], None
     try:
-        result = run_stage(params, stage, parent_run_id, 0, endpoint)
+        result = run_stage(params, stage, parent_run_id, 0, endpoint,
+                           progress=ProgressArtifact())
     except Exception as err:  # the other nodes are still waited for, then all errors raised
         errors.append(f"node 0: {err}")
     states = wait_for([run_id for _, run_id, _ in remote])

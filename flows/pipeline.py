@@ -8,44 +8,51 @@ resumes from its latest checkpoint, evaluation reuses cached samples).
 
 from __future__ import annotations
 
+import re
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from prefect import flow, get_client, get_run_logger, task
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from flows.failures import StepFailed, failed_state
 from infra import s3
 from tasks.check import preflight, render
 from tasks.plan import OverBudget, check_budget, plan
 from tasks.plan import render as render_plan
-from tasks.params import load_params
+from tasks.params import Params, dumps_resolved, load_params
 from tasks.report.ledger import GPU_STEPS, STEPS
 from tasks.report.step import report_pipeline
 from tasks.report.tracking import fail_pipeline_run, start_pipeline_run, supersede_stale_runs
 
 STEP_FLOW = "micro-budget-step"
+LEASE_S = 60.0  # s: the shortest lease the Prefect server grants on a concurrency slot
 
 
 @task(retries=2, retry_delay_seconds=5)
-def open_pipeline_run(profile: str | None, params_path: str | None, name: str,
-                      folder: str) -> tuple[str, list[dict[str, str]]]:
+def open_pipeline_run(params: Params, name: str, folder: str) -> tuple[str, list[dict[str, str]]]:
     """The parent MLflow run of this attempt, and the earlier attempts it supersedes."""
-    params = load_params(params_path, profile)
     run_id = start_pipeline_run(params, name, tags={"driver": "prefect",
                                                     "pipeline_folder": folder,
                                                     "prefect_flow_run": str(flow_run.get_id())})
     return run_id, supersede_stale_runs(params, run_id)
 
 
-def run_step_on_pool(step: str, envelope_uri: str, profile: str | None,
-                     params_path: str | None, parent_run_id: str) -> dict[str, Any]:
-    """Start the step's flow run on its pool, wait for it, and read back its envelope."""
+def run_step_on_pool(step: str, envelope_uri: str, params: Params,
+                     parent_run_id: str) -> dict[str, Any]:
+    """Start the step's flow run on its pool, wait for it, and read back its envelope.
+
+    The step gets the approved params as text with its hash, not a path: a worker on another
+    machine, or one whose checkout was pulled since, trains what the preflight and the budget
+    check approved here."""
     pool = "gpu" if step in GPU_STEPS else "cpu"
+    text, sha256 = dumps_resolved(params)
     child = run_deployment(f"{STEP_FLOW}/{pool}", timeout=0,
                            parameters={"step": step, "envelope_uri": envelope_uri,
-                                       "profile": profile, "params_path": params_path,
+                                       "params_yaml": text, "params_sha256": sha256,
                                        "parent_run_id": parent_run_id})
     state = wait_logging_progress(step, child.id, child.name)
     if state is not None and state.is_failed() and state.message:
@@ -57,23 +64,81 @@ def run_step_on_pool(step: str, envelope_uri: str, profile: str | None,
     return s3.get_json(envelope_uri)
 
 
+def step_progress(client: Any, run_id: Any) -> str | None:
+    """The description of the step flow run's latest progress artifact (a training stage's
+    step of total, images/s and ETA: tasks.train.step.ProgressArtifact), None before one."""
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterType,
+                                                FlowRunFilter, FlowRunFilterId)
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    found = client.read_artifacts(
+        artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])),
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+        sort=ArtifactSort.UPDATED_DESC, limit=1)
+    return found[0].description if found else None
+
+
 def wait_logging_progress(step: str, run_id: Any, name: str, every_s: float = 30.0,
-                          poll_s: float = 2.0) -> Any:
-    """The step flow run's final state; meanwhile a log line every `every_s` seconds with its
-    state and elapsed time, so `prefect deployment run micro-budget/full --watch` (which shows
-    this flow's logs) tells where the pipeline is."""
+                          quiet_s: float = 10.0, poll_s: float = 2.0) -> Any:
+    """The step flow run's final state; meanwhile a log line with its state, elapsed time and
+    progress at least every `every_s` seconds, and when the progress has changed, at most
+    every `quiet_s` seconds (always the last progress before the step ends).
+
+    `prefect deployment run micro-budget/full --watch` prints this flow's logs and events, not
+    the step's, so this is where a watcher sees where a long step is."""
     logger = get_run_logger()
     started = last = time.monotonic()
+    said = None
     with get_client(sync_client=True) as client:
         while True:
             state = client.read_flow_run(run_id).state
-            if state is not None and state.is_final():
+            final = state is not None and state.is_final()
+            progress = step_progress(client, run_id)
+            fresh = progress is not None and progress != said
+            now = time.monotonic()
+            if now - last >= every_s or (fresh and (final or now - last >= quiet_s)):
+                last, said = now, progress
+                logger.info("step %s: %s%s for %.0f s (flow run %s)", step,
+                            f"{progress}; " if progress else "",
+                            state.name if state else "pending", now - started, name)
+            if final:
                 return state
-            if time.monotonic() - last >= every_s:
-                last = time.monotonic()
-                logger.info("step %s: %s for %.0f s (flow run %s)", step,
-                            state.name if state else "pending", last - started, name)
             time.sleep(poll_s)
+
+
+def run_lock(params: Params) -> str:
+    """The Prefect global concurrency limit (1 slot) of a run's folder: pipeline runs that
+    would write the same checkpoints, MLflow attempts and report take turns."""
+    folder = f"{params.storage.bucket}.{params.storage.runs_prefix}.{params.train.run_name}"
+    return "micro-budget-run-" + re.sub(r"[^A-Za-z0-9_.-]", ".", folder)
+
+
+@contextmanager
+def one_at_a_time(params: Params) -> Iterator[None]:
+    """Hold the run's slot: a second pipeline run of the same run waits here until the first
+    ends (then resumes from what the first left, mostly cached). The slot is a lease renewed
+    while this flow runs: a killed run's slot frees itself within about
+    LEASE_S + 15 s (the server's lease sweep), so a rerun after a crash waits that long."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
+
+    name = run_lock(params)
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name,
+                                                                                limit=1))
+        except ObjectAlreadyExists:
+            pass
+        busy = client.read_global_concurrency_limit_by_name(name).active_slots > 0
+    if busy:
+        get_run_logger().info("another pipeline run of run %s is in progress (concurrency "
+                              "limit %s): waiting for it to end", params.train.run_name, name)
+    with concurrency(name, occupy=1, lease_duration=LEASE_S, strict=True):
+        if busy:
+            get_run_logger().info("the other pipeline run of run %s has ended: starting",
+                                  params.train.run_name)
+        yield
 
 
 @flow(name="micro-budget", log_prints=True)
@@ -84,6 +149,7 @@ def pipeline(profile: str | None = None, params_path: str | None = None,
     Refuses to start when the sections disagree (the preflight) or when the projected bill
     exceeds cost.budget_usd, unless `allow_over_budget`."""
     logger = get_run_logger()
+    # Read once, here: every step, chunk, node and rank receives these values as text.
     params = load_params(params_path, profile)
     # Disagreeing sections fail here, before any data moves or any GPU is paid for.
     logger.info("%s", render(preflight(params), params.train.gpu_memory_gib))
@@ -92,10 +158,17 @@ def pipeline(profile: str | None = None, params_path: str | None = None,
     unknown = sorted(set(chosen) - set(STEPS))
     if unknown:
         raise ValueError(f"unknown steps {unknown}; steps: {list(STEPS)}")
+    with one_at_a_time(params):
+        return run_steps(params, chosen, allow_over_budget)
+
+
+def run_steps(params: Params, chosen: list[str],
+              allow_over_budget: bool) -> dict[str, Any] | State:
+    """The chosen steps in order under one MLflow parent run, then the report."""
+    logger = get_run_logger()
     name = flow_run.get_name() or "local"
     folder = params.storage.uri(params.storage.pipeline_prefix, flow_run.get_id() or name)
-    parent, previous = open_pipeline_run(profile, params_path, f"{params.profile}-{name}",
-                                         folder)
+    parent, previous = open_pipeline_run(params, f"{params.profile}-{name}", folder)
     envelopes, current = [], "budget"
     try:
         check_budget(params, allow_over_budget)
@@ -103,8 +176,7 @@ def pipeline(profile: str | None = None, params_path: str | None = None,
             current = step
             logger.info("step %s starting (%d of %d)", step, chosen.index(step) + 1,
                         len(chosen))
-            envelopes.append(run_step_on_pool(step, f"{folder}/{step}.json", profile,
-                                              params_path, parent))
+            envelopes.append(run_step_on_pool(step, f"{folder}/{step}.json", params, parent))
             logger.info("step %s done in %.1f s", step, envelopes[-1]["seconds"])
     except BaseException as err:
         # The MLflow parent run ends FAILED with the step that stopped it, never RUNNING.

@@ -17,7 +17,7 @@ from prefect.states import State
 
 from flows.failures import failed_state
 from infra import s3
-from tasks.params import Params, load_params
+from tasks.params import Params, loads_resolved
 from tasks.report.ledger import envelope
 
 
@@ -96,16 +96,19 @@ STEPS: dict[str, Callable[[Params, str | None], dict[str, Any]]] = {
 
 
 @flow(name="micro-budget-step", flow_run_name="{step}")
-def run_step(step: str, envelope_uri: str, profile: str | None = None,
-             params_path: str | None = None, parent_run_id: str | None = None) -> str | State:
+def run_step(step: str, envelope_uri: str, params_yaml: str, params_sha256: str,
+             parent_run_id: str | None = None) -> str | State:
     """Run one step and write its envelope to `envelope_uri`; returns that URI.
+
+    `params_yaml` and `params_sha256` are the params the pipeline approved
+    (tasks.params.dumps_resolved): the step runs them whatever params.yaml this worker holds.
 
     A missing file, an unreachable host, a refused token or credentials or a full disk ends the
     run Failed with one line (cause and fix) as its state message, the traceback in its log."""
     if step not in STEPS:
         raise ValueError(f"unknown step {step!r}; steps: {list(STEPS)}")
     try:
-        params = load_params(params_path, profile)
+        params = loads_resolved(params_yaml, params_sha256)
         started = time.monotonic()
         result = STEPS[step](params, parent_run_id)
         s3.put_json(envelope_uri, envelope(step, result, time.monotonic() - started))

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_client
@@ -24,7 +22,7 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from infra import s3
-from tasks.params import Params, dump_params, load_params
+from tasks.params import Params, dumps_resolved, loads_resolved
 
 UNITS_FLOW = "micro-budget-units"
 
@@ -43,15 +41,12 @@ def run_chunk(step: str, params: Params, dataset: str, indices: list[int],
 @flow(name=UNITS_FLOW, flow_run_name="{step}-{dataset}-{chunk}", retries=1,
       retry_delay_seconds=10)
 def run_units(step: str, dataset: str, chunk: int, indices: list[int], units: list[Any],
-              params_yaml: str, profile: str, result_uri: str) -> str:
+              params_yaml: str, params_sha256: str, result_uri: str) -> str:
     """Run one chunk of units and write its records to `result_uri`; returns that URI.
 
-    `params_yaml` is the resolved params file of the step (tasks.params.dump_params), so the
-    chunk runs what the step resolved, whatever params.yaml the worker's checkout holds."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "params.yaml"
-        path.write_text(params_yaml)
-        params = load_params(path, profile)
+    `params_yaml` and `params_sha256` are the step's params (tasks.params.dumps_resolved), so
+    the chunk runs what the pipeline approved, whatever params.yaml the worker's checkout holds."""
+    params = loads_resolved(params_yaml, params_sha256)
     s3.put_json(result_uri, run_chunk(step, params, dataset, indices, units))
     return result_uri
 
@@ -68,11 +63,6 @@ def pool_and_workers() -> tuple[str | None, int]:
             return None, 1
         workers = client.read_workers_for_work_pool(pool)
     return pool, max(1, sum(w.status == WorkerStatus.ONLINE for w in workers))
-
-
-def resolved_params_text(params: Params) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        return dump_params(params, Path(tmp) / "params.yaml").read_text()
 
 
 def wait_for(run_ids: list[Any], poll_s: float = 2.0) -> dict[Any, Any]:
@@ -102,13 +92,13 @@ def share_units(step: str, params: Params, dataset: str, units: list[Any]) -> li
     folder = params.storage.uri(params.storage.pipeline_prefix, "units", uuid.uuid4().hex)
     remote = []
     if chunks > 1:
-        text = resolved_params_text(params)
+        text, sha256 = dumps_resolved(params)
         for c, indices in enumerate(shares[1:], start=1):
             uri = s3.join(folder, f"{step}-{dataset}-{c}.json")
             run = run_deployment(f"{UNITS_FLOW}/{pool}", timeout=0, parameters={
                 "step": step, "dataset": dataset, "chunk": c, "indices": indices,
                 "units": [units[i] for i in indices], "params_yaml": text,
-                "profile": params.profile, "result_uri": uri})
+                "params_sha256": sha256, "result_uri": uri})
             remote.append((c, run.id, uri))
     errors, out = [], []
     try:

@@ -2,11 +2,14 @@
 
 params.yaml holds `profile: demo|full` and one block per profile; each block has one section per
 step. `load_params` validates every profile block (a typo in the unused profile is still an
-error) and returns the selected one.
+error) and returns the selected one. A driver (the CLI, DVC, the pipeline flow) loads it once;
+every process of the run after that receives the resolved text and its hash (`dumps_resolved`,
+`loads_resolved`), never a path to read again on its own machine.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,18 +137,45 @@ def load_params(path: Path | str | None = None, profile: str | None = None) -> P
     return parse_params(resolve_extends(_read_yaml(path), path), profile)
 
 
-def resolved_yaml(params: Params) -> str:
-    return yaml.safe_dump(to_dict(params), sort_keys=False)
+# The environment variables that carry resolved params into a child process (a torchrun rank,
+# a fan-out device), set by `resolved_env` and read by `params_from_env`.
+RESOLVED_ENV = "MB_RESOLVED_PARAMS"
+RESOLVED_SHA_ENV = "MB_RESOLVED_PARAMS_SHA256"
 
 
-def dump_params(params: Params, path: Path) -> Path:
-    """Write the resolved profile as a one-profile params file.
+def dumps_resolved(params: Params) -> tuple[str, str]:
+    """The resolved profile as one-profile params text, and the text's sha256 (hex).
 
-    Child processes (torchrun ranks, step workers) load this file, so they run exactly the
-    values the parent resolved (its --params file, --profile and MB_PROFILE included) instead
-    of whatever params.yaml their working directory holds."""
+    Every hop of a run (pipeline -> step flow run -> units or node flow run -> torchrun rank
+    or device process) receives this pair instead of a path: a receiver loads exactly what the
+    driver approved (its --params file, profile and MB_PROFILE included), never the params.yaml
+    of its own checkout."""
     block = {k: v for k, v in to_dict(params).items() if k != "profile"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"profile": params.profile, params.profile: block},
-                                   sort_keys=False))
-    return path
+    text = yaml.safe_dump({"profile": params.profile, params.profile: block}, sort_keys=False)
+    return text, hashlib.sha256(text.encode()).hexdigest()
+
+
+def loads_resolved(text: str, sha256: str) -> Params:
+    """The params of `dumps_resolved`'s text, after checking the text still has its hash."""
+    actual = hashlib.sha256(text.encode()).hexdigest()
+    if actual != sha256:
+        raise ConfigError(f"resolved params: the text's sha256 is {actual[:12]}, not the "
+                          f"approved {sha256[:12]}: it was changed on the way; start the run "
+                          "again from the driver")
+    data = yaml.safe_load(text)
+    # The text names its profile: MB_PROFILE on the receiving machine must not pick another.
+    return parse_params(data, data.get("profile") if isinstance(data, dict) else None)
+
+
+def resolved_env(params: Params) -> dict[str, str]:
+    """Environment entries that hand `params` to a child process (see params_from_env)."""
+    text, sha256 = dumps_resolved(params)
+    return {RESOLVED_ENV: text, RESOLVED_SHA_ENV: sha256}
+
+
+def params_from_env() -> Params | None:
+    """The params a parent handed over through `resolved_env`, None when it handed none."""
+    text = os.environ.get(RESOLVED_ENV)
+    if text is None:
+        return None
+    return loads_resolved(text, os.environ.get(RESOLVED_SHA_ENV, ""))

@@ -8,14 +8,15 @@ and tests set it to 2 to run two "devices" as two processes.
 
 A step module (tasks.caption.step, tasks.encode.step) provides the two functions a child calls:
 `load_models(params)` and `process_unit(models, params, dataset, unit) -> dict`. The children
-get the exact params this process resolved (a dumped params file, see tasks.params.dump_params),
-and each writes its per-unit results to its own JSON file after every unit, so a failure names
-the device and the unit. Commits are atomic (tasks/common/shards.py): a killed child's units are
-redone by the next run, and units it committed before dying are skipped then.
+get the exact params this process resolved, as text with its hash in their environment
+(tasks.params.resolved_env), and each writes its per-unit results to its own JSON file after
+every unit, so a failure names the device and the unit. Commits are atomic
+(tasks/common/shards.py): a killed child's units are redone by the next run, and units it
+committed before dying are skipped then.
 
 Child usage (started by `run_on_devices`, not by hand):
-    python -m tasks.common.fanout --module M --params P --profile NAME --dataset D
-        --units UNITS.json --device I --devices N --out RESULT.json
+    python -m tasks.common.fanout --module M --dataset D --units UNITS.json --device I
+        --devices N --out RESULT.json
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from infra.settings import REPO_ROOT
-from tasks.params import Params, dump_params, load_params
+from tasks.params import Params, params_from_env, resolved_env
 
 DEVICES_ENV = "MB_DEVICES"
 
@@ -107,10 +108,10 @@ def process_units(module: str, params: Params, dataset: str, numbered: list[tupl
     return record["done"]
 
 
-def child_env(device: int, devices: int) -> dict[str, str]:
-    """Child i sees CUDA device i (round robin when MB_DEVICES exceeds them); on CPU the
-    cores are split between the children instead of each taking all of them."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+def child_env(params: Params, device: int, devices: int) -> dict[str, str]:
+    """The resolved params; child i sees CUDA device i (round robin when MB_DEVICES exceeds
+    them); on CPU the cores are split between the children instead of each taking all."""
+    env = {**os.environ, **resolved_env(params), "PYTHONPATH": str(REPO_ROOT)}
     cuda = visible_cuda_devices()
     if cuda:
         env["CUDA_VISIBLE_DEVICES"] = cuda[device % len(cuda)]
@@ -144,18 +145,16 @@ def run_on_devices(module: str, params: Params, dataset: str, units: list[Any],
         return process_units(module, params, dataset, numbered, 0, lambda record: None)
     with tempfile.TemporaryDirectory(prefix="mb-fanout-") as tmp:
         folder = Path(tmp)
-        params_path = dump_params(params, folder / "params.yaml")
         units_path = folder / "units.json"
         units_path.write_text(json.dumps({"indices": indices, "units": units}))
         children = []
         for device in range(devices):
             out = folder / f"device-{device}.json"
             cmd = [sys.executable, "-m", "tasks.common.fanout", "--module", module,
-                   "--params", str(params_path), "--profile", params.profile,
                    "--dataset", dataset, "--units", str(units_path), "--device", str(device),
                    "--devices", str(devices), "--out", str(out)]
-            children.append((device, out, subprocess.Popen(cmd, cwd=REPO_ROOT,
-                                                           env=child_env(device, devices))))
+            env = child_env(params, device, devices)
+            children.append((device, out, subprocess.Popen(cmd, cwd=REPO_ROOT, env=env)))
         records, errors = [], []
         for device, out, proc in children:
             code = proc.wait()
@@ -181,15 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tasks.common.fanout",
                                  description="one device's share of a step's units")
     ap.add_argument("--module", required=True)
-    ap.add_argument("--params", type=Path, required=True)
-    ap.add_argument("--profile", required=True)
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--units", type=Path, required=True)
     ap.add_argument("--device", type=int, required=True)
     ap.add_argument("--devices", type=int, required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    params = load_params(args.params, args.profile)
+    params = params_from_env()
+    if params is None:
+        ap.error("no params in the environment: run_on_devices starts this with resolved_env")
     plan = json.loads(args.units.read_text())
     numbered = list(zip(plan["indices"], plan["units"]))[args.device::args.devices]
     try:

@@ -2,7 +2,9 @@
 
     python -m tasks.train.launch --stage stage1 [--profile demo] [--params F]
                                  [--parent-run-id ID] [--summary out.json]
-Rank 0 logs to MLflow, draws the sample grid from the EMA weights and writes the summary.
+Started by tasks/train/step.py, every rank reads the params its parent resolved from the
+environment (text and hash, tasks.params.resolved_env); --params and --profile serve a launch by
+hand. Rank 0 logs to MLflow, draws the sample grid from the EMA weights and writes the summary.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from model.io import from_pretrained
-from tasks.params import Params, load_params
+from tasks.params import Params, load_params, params_from_env
 from tasks.train.checkpoint import download
 from tasks.train.loop import Dist, pick_device, train
 
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summary", type=Path, default=None)
     ap.add_argument("--no-mlflow", action="store_true", help="skip MLflow (benchmarks, tests)")
     args = ap.parse_args(argv)
-    params = load_params(args.params, args.profile)
+    params = params_from_env() or load_params(args.params, args.profile)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     run = None
     if main_rank and not args.no_mlflow:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import socket
 import subprocess
@@ -16,13 +17,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 from prefect import task
 
 from infra import s3
 from infra.settings import REPO_ROOT
-from tasks.params import Params, dump_params
+from tasks.params import Params, resolved_env
 from tasks.train import checkpoint, keys
 
 
@@ -45,16 +46,54 @@ def node_address() -> str:
     return os.environ.get("MB_NODE_ADDR") or socket.gethostbyname(socket.gethostname())
 
 
+# Rank 0's progress line (tasks/train/loop.py): `step N images M loss L R img/s`.
+PROGRESS_LINE = re.compile(r"^step (\d+) images (\d+) loss \S+ ([0-9.]+) img/s")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a running stage is: its step of total, rank 0's images/s and the time left."""
+
+    stage: str
+    step: int
+    steps: int
+    images_per_s: float
+    eta_s: float | None  # s; None until two progress lines have been seen
+
+    def line(self) -> str:
+        eta = "unknown" if self.eta_s is None else f"{self.eta_s / 60:.1f} min"
+        return (f"{self.stage}: step {self.step} of {self.steps}, "
+                f"{self.images_per_s:.0f} img/s, ETA {eta}")
+
+
+def follow(stream: IO[str], stage: str, steps: int,
+           report: Callable[[Progress], None]) -> None:
+    """Copy the child's output to this process's line by line and report each progress line.
+
+    The ETA is the steps left at the mean step time between the first line seen and this one
+    (data waits and checkpoint uploads included), not the last step's rate alone."""
+    first: tuple[int, float] | None = None
+    for line in stream:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        match = PROGRESS_LINE.match(line)
+        if not match:
+            continue
+        step, now = int(match[1]), time.monotonic()
+        first = first or (step, now)
+        eta = ((now - first[1]) / (step - first[0]) * (steps - step)
+               if step > first[0] else None)
+        report(Progress(stage, step, steps, float(match[3]), eta))
+
+
 def launch_command(params: Params, stage: str, summary: Path, parent_run_id: str | None,
-                   params_path: Path, node_rank: int = 0,
-                   endpoint: Endpoint | None = None) -> list[str]:
-    """The child's command line; `params_path` holds the resolved params (see dump_params).
+                   node_rank: int = 0, endpoint: Endpoint | None = None) -> list[str]:
+    """The child's command line; the params travel in its environment (resolved_env).
 
     One process, or torchrun with gpus_per_node processes on each of train.nodes nodes that
     meet at `endpoint` (node 0's store; a free local port when there is one node)."""
     tp = params.train
-    args = ["-m", "tasks.train.launch", "--stage", stage, "--profile", params.profile,
-            "--summary", str(summary), "--params", str(params_path)]
+    args = ["-m", "tasks.train.launch", "--stage", stage, "--summary", str(summary)]
     if parent_run_id:
         args += ["--parent-run-id", parent_run_id]
     if tp.world == 1:
@@ -66,28 +105,32 @@ def launch_command(params: Params, stage: str, summary: Path, parent_run_id: str
 
 
 def run_stage(params: Params, stage: str, parent_run_id: str | None = None, node_rank: int = 0,
-              endpoint: Endpoint | None = None, keep_losses: bool = False) -> dict[str, Any]:
+              endpoint: Endpoint | None = None, keep_losses: bool = False,
+              progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
     """Train one stage in a child process; returns its summary (losses left out).
 
-    The child gets the params this process resolved, written to a file, never a path of its
-    own choosing: a stage must train what the caller configured. On a node other than 0 the
-    summary is what this node held: its wall time and peak memory."""
+    The child gets the params this process resolved as text with its hash, never a path of
+    its own choosing: a stage must train what the caller configured. `progress` receives each
+    of rank 0's progress lines. On a node other than 0 the summary is what this node held: its
+    wall time and peak memory."""
     if params.train.nodes > 1 and endpoint is None:
         raise RuntimeError(f"train.nodes is {params.train.nodes}: a multi-node stage runs through "
                            "the flow (one gpu worker per node), not from the command line")
     with tempfile.TemporaryDirectory() as tmp:
         summary = Path(tmp) / "summary.json"
-        resolved = dump_params(params, Path(tmp) / "params.yaml")
-        cmd = launch_command(params, stage, summary, parent_run_id, resolved, node_rank,
-                             endpoint)
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MB_NODE_RANK": str(node_rank)}
+        cmd = launch_command(params, stage, summary, parent_run_id, node_rank, endpoint)
+        env = {**os.environ, **resolved_env(params), "PYTHONPATH": str(REPO_ROOT),
+               "MB_NODE_RANK": str(node_rank), "PYTHONUNBUFFERED": "1"}
         started = time.monotonic()
-        done = subprocess.run(cmd, cwd=REPO_ROOT, env=env)
+        with subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True,
+                              bufsize=1) as child:
+            follow(child.stdout, stage, params.train.stage(stage).steps,
+                   progress or (lambda _: None))
         # What the devices were held for: process start to exit, start-up, data waits,
         # compile, checkpoint uploads and the sample grid included.
         held = time.monotonic() - started
-        if done.returncode != 0:
-            raise RuntimeError(f"training stage {stage} exited with {done.returncode} on node "
+        if child.returncode != 0:
+            raise RuntimeError(f"training stage {stage} exited with {child.returncode} on node "
                                f"{node_rank}; rerun to resume from its latest checkpoint")
         node = {"node_rank": node_rank, "host": socket.gethostname(),
                 "held_seconds": round(held, 3), "peak_rss_gib": round(
@@ -103,9 +146,36 @@ def run_stage(params: Params, stage: str, parent_run_id: str | None = None, node
     return result
 
 
+class ProgressArtifact:
+    """A stage's progress as a Prefect progress artifact of the running flow run, updated at
+    most every `every_s` seconds and on the last step: the UI shows it on the flow run, and
+    the pipeline flow logs its description, which `prefect deployment run --watch` prints."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._id: Any = None
+        self._last = float("-inf")
+
+    def __call__(self, progress: Progress) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        now = time.monotonic()
+        if now - self._last < self.every_s and progress.step < progress.steps:
+            return
+        percent = 100.0 * progress.step / max(progress.steps, 1)
+        try:
+            if self._id is None:
+                self._id = create_progress_artifact(percent, description=progress.line())
+            else:
+                update_progress_artifact(self._id, percent, progress.line())
+        except Exception as err:  # noqa: BLE001 - progress is advisory: never fail a stage on it
+            print(f"progress not published: {err}", file=sys.stderr)
+        self._last = now
+
+
 @task(retries=1, retry_delay_seconds=10, task_run_name="train-{stage}", tags=["gpu"])
 def train_stage(params: Params, stage: str, parent_run_id: str | None = None) -> dict[str, Any]:
-    return run_stage(params, stage, parent_run_id)
+    return run_stage(params, stage, parent_run_id, progress=ProgressArtifact())
 
 
 def final_checkpoint(params: Params) -> str:

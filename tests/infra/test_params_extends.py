@@ -7,7 +7,7 @@ import yaml
 
 from infra.config import ConfigError
 from infra.settings import REPO_ROOT
-from tasks.params import dump_params, load_params
+from tasks.params import dumps_resolved, load_params, loads_resolved
 
 
 def test_overrides_merge_into_the_extended_profile(tmp_path):
@@ -22,8 +22,8 @@ def test_overrides_merge_into_the_extended_profile(tmp_path):
     assert params.train.stages[1:] == full.train.stages[1:]
     assert params.evaluate.num_samples == 10 and params.evaluate.steps == full.evaluate.steps
     assert params.download == full.download
-    # What a child process gets loads back to the same values.
-    assert load_params(dump_params(params, tmp_path / "resolved.yaml")) == params
+    # What a step, a worker or a rank receives loads back to the same values.
+    assert loads_resolved(*dumps_resolved(params)) == params
 
 
 def test_bad_extends_files_fail_clearly(tmp_path):
