@@ -46,6 +46,8 @@ class EMA:
         self.half_life_images = half_life_images
         self.rampup_ratio = rampup_ratio
         self.images_seen = 0
+        # The trained module and both parameter lists, matched once instead of every step.
+        self._matched: tuple[nn.Module, list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def beta(self, images_seen: int) -> float:
         """Decay for an update that brings the image count from self.images_seen to images_seen."""
@@ -54,19 +56,27 @@ class EMA:
             half_life = min(half_life, images_seen * self.rampup_ratio)
         return 0.5 ** ((images_seen - self.images_seen) / max(half_life, 1e-8))
 
+    def _pairs(self, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(averaged, trained) parameters matched by name; built once per trained module."""
+        source = unwrap(model)
+        if self._matched is None or self._matched[0] is not source:
+            named = dict(source.named_parameters())
+            targets = list(self.model.named_parameters())
+            missing = [name for name, _ in targets if name not in named]
+            if missing or len(named) != len(targets):
+                raise ValueError(f"EMA and model parameters differ (missing: {missing[:5]})")
+            self._matched = (source, [p for _, p in targets], [named[n] for n, _ in targets])
+        return self._matched[1], self._matched[2]
+
     @torch.no_grad()
     def update(self, model: nn.Module, images_seen: int) -> float:
-        """Move the average towards `model`; returns the beta used."""
+        """Move the average towards `model` in one fused op over all tensors; returns the beta
+        used (a host number: computing it never waits on the device)."""
         if images_seen < self.images_seen:
             raise ValueError(f"images_seen went backwards: {images_seen} < {self.images_seen}")
         beta = self.beta(images_seen)
-        source = dict(unwrap(model).named_parameters())
-        targets = list(self.model.named_parameters())
-        missing = [name for name, _ in targets if name not in source]
-        if missing or len(source) != len(targets):
-            raise ValueError(f"EMA and model parameters differ (missing: {missing[:5]})")
-        averaged = [p for _, p in targets]
-        current = [_whole(source[name]).detach().to(p.dtype) for name, p in targets]
+        averaged, trained = self._pairs(model)
+        current = [_whole(p).detach().to(a.dtype) for a, p in zip(averaged, trained)]
         torch._foreach_lerp_(averaged, current, 1.0 - beta)
         self.images_seen = images_seen
         return beta

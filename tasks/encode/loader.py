@@ -1,19 +1,28 @@
 """The training latent loader: streams latent shards from S3, mixes datasets, drops captions.
 
-Each dataset is an endless stream: per epoch a seeded permutation of its shards (this rank's
-share of them), and within a shard a seeded permutation of its samples. A batch draws each
-sample's dataset by weight (default: proportional to size), so the mix holds in expectation.
-The position (epoch, shard, sample per dataset, plus the draw RNG) is a small dict: save it with
-a checkpoint and `load_state_dict` resumes on the same next sample. Decoded shards are kept in an
-LRU cache bounded in bytes (a small corpus stays whole in memory and is fetched once, a large one
-streams); a corrupt shard is skipped and reported. The next shard of each stream is
-fetched and decoded in a background thread while the current one is consumed; that changes
-when shards are read, never which samples come out.
+The data order is global, the same whatever the number of ranks. Each dataset is an endless
+stream: per epoch a seeded permutation of its shards, cut into windows of `window_shards`
+shards, and within a window a seeded permutation of the window's samples (those that pass the
+size filter). Global sample n draws its dataset by weight (default: proportional to size) and
+its caption drop from (seed, n // DRAW_BLOCK), so the mix holds in expectation. A call of
+`next_batch` is one global batch of batch_size x world_size samples; rank r takes the slice
+[r x batch_size, (r + 1) x batch_size) of it. Every rank advances every stream by the whole
+global batch, so all ranks hold the same position.
+
+The position (the global sample count and, per dataset, epoch, window and index in the window)
+is a small dict: save it with a checkpoint and `load_state_dict` resumes on the same next
+global sample on any number of ranks. Decoded shards are kept in an LRU cache bounded in bytes
+(a small corpus stays whole in memory and is fetched once, a large one streams); a corrupt
+shard is skipped and reported. Each rank reads all shards of the current window (its slice
+draws from all of them); the next window's shards are fetched and decoded in background
+threads while the current one is consumed: that changes when shards are read, never which
+samples come out. Batches are fp16 as stored; the training loop converts them on the device.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +34,9 @@ import torch
 from tasks.common.shards import Manifest, iter_shard
 from tasks.encode.preprocess import npy_load
 
+DRAW_BLOCK = 4096  # global samples whose dataset picks and caption drops share one RNG seed
+STATE_VERSION = 2  # 1: one position per rank (before the global order); not readable
+
 
 @dataclass(frozen=True)
 class LoaderConfig:
@@ -34,6 +46,10 @@ class LoaderConfig:
     min_short_side: int = 0  # px: skip samples whose native short side is smaller
     caption_drop: float = 0.1  # probability of a zeroed caption embedding (CFG training)
     weights: dict[str, float] = field(default_factory=dict)  # dataset -> weight; empty: by size
+    # Shards whose samples are shuffled together. Every rank decodes the whole window, so the
+    # cache should hold two windows (this one and the prefetched next): 4 full-recipe shards
+    # of ~85 MB each is ~340 MB per window.
+    window_shards: int = 4
     # Decoded shards kept in memory, in bytes of arrays (the newest shard always stays). 1 GiB
     # holds the whole demo corpus (~10 MB): without it the demo re-fetched two 16-sample shards
     # per step, ~10 ms of a ~100 ms CPU step. A full-recipe shard of 500 samples at 256 px
@@ -43,19 +59,16 @@ class LoaderConfig:
     rank: int = 0
     world_size: int = 1
 
-
-@dataclass
-class _Stream:
-    shards: list[str]
-    epoch: int = 0
-    shard_pos: int = 0
-    sample_pos: int = 0
-    order: tuple[int, list[str]] | None = None  # (epoch, this rank's shard order), memoised
-    perm: tuple[tuple[int, int, int], np.ndarray] | None = None  # (epoch, shard, n), memoised
+    def __post_init__(self) -> None:
+        if self.window_shards < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"need window_shards >= 1 and 0 <= rank < world_size: {self}")
 
 
 # One decoded sample: key, latents and caption embedding as stored (fp16 arrays).
 Sample = tuple[str, np.ndarray, np.ndarray]
+# A stream position: epoch, window in the epoch, index among the window's samples (may equal
+# or pass the window's length: the next window is read only when a sample of it is needed).
+Position = tuple[int, int, int]
 
 
 class LatentLoader:
@@ -63,22 +76,21 @@ class LatentLoader:
         if not manifests:
             raise ValueError("the latent loader needs at least one dataset manifest")
         self.config = config
-        self.streams: dict[str, _Stream] = {}
-        for name, manifest in sorted(manifests.items()):
-            shards = [s.uri for s in manifest.shards if s.samples > 0]
-            if len(shards) < config.world_size:
-                raise ValueError(f"{name}: {len(shards)} non-empty shards for "
-                                 f"{config.world_size} ranks")
-            self.streams[name] = _Stream(shards)
+        self.shards = {name: [s.uri for s in m.shards if s.samples > 0]
+                       for name, m in sorted(manifests.items())}
         sizes = {n: float(m.samples) for n, m in manifests.items()}
-        raw = {n: float(config.weights.get(n, 0.0)) for n in self.streams} if config.weights \
+        raw = {n: float(config.weights.get(n, 0.0)) for n in self.shards} if config.weights \
             else sizes
         total = sum(raw.values())
         if total <= 0:
             raise ValueError(f"dataset weights sum to {total}: {raw}")
-        self.names = sorted(self.streams)
+        self.names = sorted(self.shards)
         self.probs = np.array([raw[n] / total for n in self.names])
-        self.rng = np.random.default_rng([config.seed, config.rank])
+        self.sample = 0  # global samples consumed (all ranks)
+        self.positions: dict[str, Position] = {n: (0, 0, 0) for n in self.names}
+        self.draws: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # block -> (picks, drops)
+        self.windows: dict[tuple[str, int, int], list[Sample]] = {}  # the last few, memoised
+        self.orders: dict[tuple[str, int], list[str]] = {}  # (dataset, epoch) -> shard order
         self.cache: OrderedDict[str, list[Sample]] = OrderedDict()
         self.cached_bytes = 0
         self.decoded = 0  # shards fetched and decoded so far (re-fetches after eviction count)
@@ -91,27 +103,104 @@ class LatentLoader:
     # --- position --------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"streams": {n: [s.epoch, s.shard_pos, s.sample_pos]
-                            for n, s in self.streams.items()},
-                "rng": self.rng.bit_generator.state}
+        return {"version": STATE_VERSION, "sample": self.sample,
+                "streams": {n: list(p) for n, p in self.positions.items()},
+                "order": {"seed": self.config.seed, "window_shards": self.config.window_shards}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, (epoch, shard_pos, sample_pos) in state["streams"].items():
-            if name in self.streams:
-                stream = self.streams[name]
-                stream.epoch, stream.shard_pos, stream.sample_pos = epoch, shard_pos, sample_pos
-        self.rng.bit_generator.state = state["rng"]
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError("this data position predates the loader's global order (one "
+                             "position per rank): it cannot be carried over. Resume the stage "
+                             "with the commit that wrote it, or delete the stage's checkpoints "
+                             "to restart it")
+        order = {"seed": self.config.seed, "window_shards": self.config.window_shards}
+        if state["order"] != order:
+            raise ValueError(f"the saved data position is in another order ({state['order']}, "
+                             f"this loader {order}): resuming would repeat and skip samples")
+        self.sample = int(state["sample"])
+        for name, (epoch, window, index) in state["streams"].items():
+            if name in self.positions:
+                self.positions[name] = (int(epoch), int(window), int(index))
 
-    # --- sampling --------------------------------------------------------------------------
+    # --- order -----------------------------------------------------------------------------
+
+    def _stream_seed(self, name: str) -> int:
+        return zlib.crc32(name.encode())
 
     def _order(self, name: str, epoch: int) -> list[str]:
-        stream = self.streams[name]
-        if stream.order is None or stream.order[0] != epoch:
-            perm = np.random.default_rng([self.config.seed, epoch, len(name)]).permutation(
-                len(stream.shards))
-            ordered = [stream.shards[i] for i in perm]
-            stream.order = (epoch, ordered[self.config.rank::self.config.world_size])
-        return stream.order[1]
+        key = (name, epoch)
+        if key not in self.orders:
+            shards = self.shards[name]
+            perm = np.random.default_rng([self.config.seed, epoch, self._stream_seed(name)]) \
+                .permutation(len(shards))
+            self.orders = {k: v for k, v in self.orders.items() if k[0] != name}
+            self.orders[key] = [shards[i] for i in perm]
+        return self.orders[key]
+
+    def _window_shards(self, name: str, epoch: int, window: int) -> list[str]:
+        k = self.config.window_shards
+        return self._order(name, epoch)[window * k:(window + 1) * k]
+
+    def _windows_per_epoch(self, name: str) -> int:
+        return -(-len(self.shards[name]) // self.config.window_shards)
+
+    def _next_window(self, name: str, epoch: int, window: int) -> tuple[int, int]:
+        window += 1
+        return (epoch + 1, 0) if window >= self._windows_per_epoch(name) else (epoch, window)
+
+    def _window(self, name: str, epoch: int, window: int) -> list[Sample]:
+        """The window's readable samples in their seeded order."""
+        key = (name, epoch, window)
+        if key in self.windows:
+            return self.windows[key]
+        for uri in self._window_shards(name, *self._next_window(name, epoch, window)):
+            self._prefetch(uri)
+        samples = [s for uri in self._window_shards(name, epoch, window)
+                   for s in self._samples(uri)]
+        perm = np.random.default_rng(
+            [self.config.seed, epoch, self._stream_seed(name), window, len(samples)]
+        ).permutation(len(samples))
+        # Keep this stream's last two windows: a global batch can span a window boundary.
+        mine = [k for k in self.windows if k[0] == name]
+        for old in mine[:-1]:
+            del self.windows[old]
+        self.windows[key] = [samples[i] for i in perm]
+        return self.windows[key]
+
+    def _seek(self, name: str, position: Position, ahead: int, *, take: bool) -> Position:
+        """The position `ahead` samples past `position`; with `take`, one whose index lies
+        inside a window with samples (reading the windows it passes)."""
+        epoch, window, index = position
+        index += ahead
+        empty = 0
+        while index > 0 or take:
+            size = len(self._window(name, epoch, window))
+            if index < size:
+                break
+            empty = empty + 1 if size == 0 else 0
+            if empty > self._windows_per_epoch(name):
+                raise RuntimeError(f"{name}: no readable samples (corrupt shards: "
+                                   f"{self.corrupt})")
+            index -= size
+            epoch, window = self._next_window(name, epoch, window)
+        return epoch, window, index
+
+    def _draw(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Dataset picks and caption drops of global samples [start, start + count)."""
+        first, last = start // DRAW_BLOCK, (start + count - 1) // DRAW_BLOCK
+        for block in range(first, last + 1):
+            if block not in self.draws:
+                rng = np.random.default_rng([self.config.seed, block])
+                self.draws[block] = (
+                    rng.choice(len(self.names), size=DRAW_BLOCK, p=self.probs),
+                    rng.random(DRAW_BLOCK) < self.config.caption_drop)
+        self.draws = {b: v for b, v in self.draws.items() if b >= first}
+        picks = np.concatenate([self.draws[b][0] for b in range(first, last + 1)])
+        drops = np.concatenate([self.draws[b][1] for b in range(first, last + 1)])
+        offset = start - first * DRAW_BLOCK
+        return picks[offset:offset + count], drops[offset:offset + count]
+
+    # --- shards ----------------------------------------------------------------------------
 
     def _decode(self, uri: str) -> tuple[list[Sample], str | None]:
         """Fetch and decode one shard (runs in a prefetch thread); (samples, first error)."""
@@ -140,6 +229,8 @@ class LatentLoader:
             self.pending[uri] = self.pool.submit(self._decode, uri)
 
     def _samples(self, uri: str) -> list[Sample]:
+        if uri in self.corrupt:
+            return []
         if uri in self.cache:
             self.cache.move_to_end(uri)
             return self.cache[uri]
@@ -154,40 +245,34 @@ class LatentLoader:
             self.cached_bytes -= _nbytes(self.cache.popitem(last=False)[1])
         return samples
 
-    def _next_sample(self, name: str) -> Sample:
-        stream = self.streams[name]
-        for _ in range(10 * len(stream.shards) + 10):
-            order = self._order(name, stream.epoch)
-            if stream.shard_pos >= len(order):
-                stream.epoch, stream.shard_pos, stream.sample_pos = stream.epoch + 1, 0, 0
-                continue
-            uri = order[stream.shard_pos]
-            samples = [] if uri in self.corrupt else self._samples(uri)
-            if stream.sample_pos >= len(samples):
-                stream.shard_pos, stream.sample_pos = stream.shard_pos + 1, 0
-                continue
-            if stream.sample_pos == 0 and stream.shard_pos + 1 < len(order):
-                self._prefetch(order[stream.shard_pos + 1])
-            key = (stream.epoch, stream.shard_pos, len(samples))
-            if stream.perm is None or stream.perm[0] != key:
-                stream.perm = (key, np.random.default_rng([self.config.seed, *key]).permutation(
-                    len(samples)))
-            sample = samples[stream.perm[1][stream.sample_pos]]
-            stream.sample_pos += 1
-            return sample
-        raise RuntimeError(f"{name}: no readable samples (corrupt shards: {self.corrupt})")
+    # --- batches ---------------------------------------------------------------------------
 
     def next_batch(self) -> dict[str, Any]:
+        """This rank's slice of the next global batch (fp16 tensors, as stored)."""
         cfg = self.config
-        picks = self.rng.choice(len(self.names), size=cfg.batch_size, p=self.probs)
-        drops = self.rng.random(cfg.batch_size) < cfg.caption_drop
-        samples = [self._next_sample(self.names[pick]) for pick in picks]
-        # One stack and one fp16 -> fp32 conversion per batch, not one per sample.
-        latents = torch.from_numpy(np.stack([s[1] for s in samples])).float()
-        text = torch.from_numpy(np.stack([s[2] for s in samples])).float()
-        text[torch.from_numpy(drops)] = 0.0
-        return {"latents": latents, "text": text, "dropped": torch.from_numpy(drops),
-                "keys": [s[0] for s in samples], "datasets": [self.names[p] for p in picks]}
+        picks, drops = self._draw(self.sample, cfg.batch_size * cfg.world_size)
+        lo = cfg.rank * cfg.batch_size
+        # Each of this rank's samples is the k-th of its dataset after the global batch's
+        # start, k counted over the slices of the ranks before it too.
+        ahead = {i: int(np.count_nonzero(picks[:lo] == i)) for i in range(len(self.names))}
+        samples = []
+        for pick in picks[lo:lo + cfg.batch_size]:
+            name = self.names[pick]
+            epoch, window, index = self._seek(name, self.positions[name], ahead[pick], take=True)
+            samples.append(self._window(name, epoch, window)[index])
+            ahead[pick] += 1
+        for i, name in enumerate(self.names):
+            self.positions[name] = self._seek(name, self.positions[name],
+                                              int(np.count_nonzero(picks == i)), take=False)
+        self.sample += len(picks)
+        mine = drops[lo:lo + cfg.batch_size]
+        # One stack per field and batch, not one copy per sample; fp16 as stored.
+        latents = torch.from_numpy(np.stack([s[1] for s in samples]))
+        text = torch.from_numpy(np.stack([s[2] for s in samples]))
+        text[torch.from_numpy(mine)] = 0.0
+        return {"latents": latents, "text": text, "dropped": torch.from_numpy(mine),
+                "keys": [s[0] for s in samples],
+                "datasets": [self.names[p] for p in picks[lo:lo + cfg.batch_size]]}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:

@@ -60,6 +60,9 @@ class TrainParams:
     eps: float = 1e-8
     moe_lr_scale: float = 0.5  # MoE parameters train at half the learning rate
     ema_half_life_images: float = 500_000.0  # images for the EMA weight of a sample to halve
+    # Steps between EMA updates; each update decays by the images since the last one, so the
+    # half-life in images is the same at any interval (model/ema.py).
+    ema_every: int = 1
     checkpoint_every_images: int = 1_000_000
     log_every: int = 100  # steps
     sample_prompts: tuple[str, ...] = ("a photo of a cat", "a red car on a street")
@@ -78,6 +81,9 @@ class TrainParams:
         world = self.gpus_per_node * self.nodes
         if self.keep_checkpoints < 1:
             raise ValueError(f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.ema_every < 1 or self.log_every < 1:
+            raise ValueError(f"train.ema_every and train.log_every must be >= 1, got "
+                             f"{self.ema_every} and {self.log_every}")
         for stage in self.stages:
             micro = self.micro_batch_of(stage)
             if self.global_batch % (micro * world):

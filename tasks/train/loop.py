@@ -1,6 +1,10 @@
 """One training stage: train() -> train_step(), counted in images, resumable from S3.
 
 Runs in every rank of a torchrun launch (or alone). Rank 0 writes checkpoints and MLflow.
+The step never waits on the host: batches come ready from a background thread (inputs.py),
+and the loss and gradient norm stay on the device until they are read, every log_every steps
+and before each checkpoint. So a NaN loss is caught up to log_every steps after it happened,
+never after a checkpoint with NaN weights was written.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from tasks.encode.loader import LatentLoader, LoaderConfig
 from tasks.params import Params
 from tasks.train import checkpoint, keys, parallel
 from tasks.train.config import StageParams, TrainParams
+from tasks.train.inputs import BatchSource, Inputs
 from tasks.train.schedule import lr_factor
 
 
@@ -96,42 +101,77 @@ class State:
 
 
 def train_step(precond: torch.nn.Module, loss_fn: EDMLoss, optimizer: torch.optim.Optimizer,
-               batches: list[dict[str, Any]], stage: StageParams, device: torch.device,
-               autocast: torch.dtype | None, generator: torch.Generator) -> float:
-    """One optimizer step over gradient-accumulation micro-batches; returns the loss averaged
-    over micro-batches and ranks."""
+               batches: list[dict[str, Any]], stage: StageParams,
+               autocast: torch.dtype | None, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over gradient-accumulation micro-batches (already on the device);
+    returns this rank's loss and the gradient norm before clipping, both left on the device."""
     optimizer.zero_grad(set_to_none=True)
-    total = 0.0
+    total = None
     for batch in batches:
-        latents, text = batch["latents"].to(device), batch["text"].to(device)
-        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        latents, text = batch["latents"], batch["text"]
+        with torch.autocast(latents.device.type, dtype=autocast, enabled=autocast is not None):
             loss = loss_fn(precond, latents, text, stage.mask_ratio, generator) / len(batches)
         loss.backward()
-        total += float(loss.detach())
-    total = global_mean(total, device)
-    if not math.isfinite(total):
-        raise NonFiniteLoss(f"loss is {total} in stage {stage.name}; stopping before the "
-                            "optimizer step (lower the learning rate or check the data)")
-    torch.nn.utils.clip_grad_norm_(precond.parameters(), stage.grad_clip)
+        total = loss.detach() if total is None else total + loss.detach()
+    # Clipping scales by min(1, clip / norm) on the device: no host sync.
+    norm = torch.nn.utils.clip_grad_norm_(precond.parameters(), stage.grad_clip)
     optimizer.step()
-    return total
+    # Under FSDP the norm is a DTensor: its whole value is a collective, not a host sync.
+    return total, norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def global_mean(value: float, device: torch.device) -> float:
+def global_mean(values: torch.Tensor) -> torch.Tensor:
     """The mean over ranks (what one process on the whole global batch reports); every rank
-    gets the same number, so a non-finite loss stops all of them together."""
+    gets the same numbers, so a non-finite loss stops all of them together."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return float(tensor) / dist.get_world_size()
+        return values
+    values = values.to(torch.float64)
+    dist.all_reduce(values)
+    return values / dist.get_world_size()
+
+
+class Meter:
+    """Per-step losses and gradient norms kept on the device until read (one host sync)."""
+
+    def __init__(self) -> None:
+        self.losses: list[torch.Tensor] = []
+        self.norms: list[torch.Tensor] = []
+
+    def add(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        self.losses.append(loss)
+        self.norms.append(norm)
+
+    def read(self, stage: StageParams, last_step: int) -> tuple[list[float], list[float]]:
+        """The steps' losses (mean over ranks) and norms since the last read; raises on a
+        non-finite loss (every rank at once: the values are all-reduced)."""
+        if not self.losses:
+            return [], []
+        losses = global_mean(torch.stack(self.losses).float()).tolist()
+        norms = torch.stack(self.norms).float().tolist()
+        self.losses, self.norms = [], []
+        for i, loss in enumerate(losses):
+            if not math.isfinite(loss):
+                step = last_step - len(losses) + i + 1
+                raise NonFiniteLoss(f"loss is {loss} at step {step} of stage {stage.name}; "
+                                    "stopping before the next checkpoint (lower the learning "
+                                    "rate or check the data)")
+        return losses, norms
 
 
 Logger = Callable[[dict[str, float], int], None]
 
 
-def train(params: Params, stage_name: str, log: Logger | None = None) -> dict[str, Any]:
-    """Run (or resume) one stage to its last step; returns a summary on rank 0."""
+OpenSource = Callable[[Params, StageParams, int, "Dist"], BatchSource]
+Step = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def train(params: Params, stage_name: str, log: Logger | None = None, *,
+          open_source: OpenSource = open_loader, step: Step = train_step) -> dict[str, Any]:
+    """Run (or resume) one stage to its last step; returns a summary on rank 0.
+
+    `open_source` and `step` are the latent loader and train_step; benchmarks/train_loop.py
+    swaps in synthetic batches and a fixed sleep for the device step."""
     tp = params.train
     stage = tp.stage(stage_name)
     torch.manual_seed(tp.seed)
@@ -142,7 +182,7 @@ def train(params: Params, stage_name: str, log: Logger | None = None) -> dict[st
     ema = EMA(net, tp.ema_half_life_images)
     micro = tp.micro_batch_of(stage)
     accum = tp.global_batch // (micro * d.world)
-    loader = open_loader(params, stage, micro, d)
+    loader = open_source(params, stage, micro, d)
     prefix = keys.stage_prefix(params, stage.name)
     state = State()
     saved, resumed_from, source = _restore(params, stage, prefix, net, ema, loader, state)
@@ -176,30 +216,42 @@ def train(params: Params, stage_name: str, log: Logger | None = None) -> dict[st
     next_ckpt = (state.images // tp.checkpoint_every_images + 1) * tp.checkpoint_every_images
     started = time.monotonic()
     pointer = None
+    position = loader.state_dict()
+    meter, since, since_images = Meter(), time.monotonic(), state.images
     if d.main:
         print(f"stage {stage.name}: {stage.steps} steps x {tp.global_batch} images "
               f"({accum} x {micro} per rank), {d.world} rank(s), resumed from step {state.step}",
               flush=True)
-    while state.step < stage.steps:
-        t0 = time.monotonic()
-        batches = [loader.next_batch() for _ in range(accum)]
-        loss = train_step(precond, loss_fn, optimizer, batches, stage, device, autocast, generator)
-        scheduler.step()
-        state.step += 1
-        state.images += tp.global_batch
-        ema.update(net, state.images)
-        state.losses.append(loss)
-        if d.main and (state.step % tp.log_every == 0 or state.step == 1):
-            rate = tp.global_batch / max(time.monotonic() - t0, 1e-9)
-            metrics = {"loss": loss, "images_per_s": rate, "lr": scheduler.get_last_lr()[0]}
-            print(f"step {state.step} images {state.images} loss {loss:.4f} "
-                  f"{rate:.1f} img/s", flush=True)
-            if log:
-                log(metrics, state.step)
-        if state.images >= next_ckpt or state.step == stage.steps:
-            pointer = _checkpoint(prefix, net, ema, optimizer, scheduler, loader, state, d,
-                                  source, tp.keep_checkpoints)
-            next_ckpt += tp.checkpoint_every_images
+    inputs = Inputs(loader, accum, device)
+    try:
+        while state.step < stage.steps:
+            batches, position = inputs.next()
+            meter.add(*step(precond, loss_fn, optimizer, batches, stage, autocast, generator))
+            scheduler.step()
+            state.step += 1
+            state.images += tp.global_batch
+            save = state.images >= next_ckpt or state.step == stage.steps
+            if state.step % tp.ema_every == 0 or save:
+                ema.update(net, state.images)
+            logged = state.step % tp.log_every == 0 or state.step == 1
+            if not (save or logged):
+                continue
+            losses, norms = meter.read(stage, state.step)
+            state.losses += losses
+            if d.main and logged:
+                rate = (state.images - since_images) / max(time.monotonic() - since, 1e-9)
+                since, since_images = time.monotonic(), state.images
+                print(f"step {state.step} images {state.images} loss {losses[-1]:.4f} "
+                      f"{rate:.1f} img/s of {stage.steps} steps", flush=True)
+                if log:
+                    log({"loss": losses[-1], "grad_norm": norms[-1], "images_per_s": rate,
+                         "lr": scheduler.get_last_lr()[0]}, state.step)
+            if save:
+                pointer = _checkpoint(prefix, net, ema, optimizer, scheduler, position, state, d,
+                                      source, tp.keep_checkpoints)
+                next_ckpt += tp.checkpoint_every_images
+    finally:
+        inputs.close()
     seconds = time.monotonic() - started
     return {"stage": stage.name, "steps": state.step, "images": state.images,
             "final_loss": state.losses[-1] if state.losses else None,
@@ -210,22 +262,23 @@ def train(params: Params, stage_name: str, log: Logger | None = None) -> dict[st
             "below_min_short_side": loader.filtered}
 
 
-def _checkpoint(prefix, net, ema, optimizer, scheduler, loader, state, d, source, keep):
+def _checkpoint(prefix, net, ema, optimizer, scheduler, position, state, d, source, keep):
     # Collectives under FSDP: every rank gathers, rank 0 writes.
     weights = parallel.model_weights(net)
     optimizer_state = parallel.optimizer_state(net, optimizer)
     if d.world > 1:
-        # Every rank's data position matters; rank 0 stores them all.
+        # The data position is global: every rank must hold the same one (a shard read as
+        # corrupt on one rank only would split them).
         positions = [None] * d.world
-        dist.all_gather_object(positions, loader.state_dict())
-    else:
-        positions = [loader.state_dict()]
+        dist.all_gather_object(positions, position)
+        if any(p != position for p in positions):
+            raise RuntimeError(f"ranks disagree on the data position: {positions}")
     pointer = None
     if d.main:
         pointer = checkpoint.save(prefix, net, ema.model, {
             "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
             "step": state.step, "images": state.images, "losses": state.losses,
-            "loader": positions, "ema_images": ema.images_seen,
+            "loader": position, "ema_images": ema.images_seen,
             "torch_rng": torch.get_rng_state()}, state.step, state.images, weights, source)
         checkpoint.prune(prefix, keep, protected=checkpoint.sources_of_run(prefix))
     if d.world > 1:
@@ -265,7 +318,7 @@ def _restore(params, stage, prefix, net, ema, loader, state
             if full:
                 state.step, state.images = int(saved["step"]), int(saved["images"])
                 state.losses = list(saved["losses"])
-                rank = int(os.environ.get("RANK", "0"))
-                loader.load_state_dict(saved["loader"][rank])
+                # One global position, whatever the number of ranks that wrote it.
+                loader.load_state_dict(saved["loader"])
                 torch.set_rng_state(saved["torch_rng"])
     return optimizer_state, state.step if full else 0, started_from

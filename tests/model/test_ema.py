@@ -73,3 +73,31 @@ def test_state_round_trip(tiny_model: MicroDiT, tiny_config) -> None:
     assert restored.images_seen == 50
     for a, b in zip(ema.model.parameters(), restored.model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_updates_follow_the_module_they_are_given(tiny_config) -> None:
+    """The parameter pairing is built once per trained module, not reused for another one."""
+    first, second = build_model(tiny_config), build_model(tiny_config)
+    ema = EMA(first, 100)
+    shift_all(first, 1.0)
+    ema.update(first, 100)  # half-way to first + 1
+    with torch.no_grad():
+        for p, q in zip(second.parameters(), first.parameters()):
+            p.copy_(q - 4.0)  # second = first - 4
+    ema.update(second, 200)  # half-way from (first - 0.5) to (first - 4)
+    for averaged, trained in zip(ema.model.parameters(), first.parameters()):
+        torch.testing.assert_close(averaged, trained - 2.25)
+
+
+def test_updating_every_k_steps_keeps_the_half_life_in_images(tiny_config) -> None:
+    """train.ema_every = 4: one update per 4 steps of 32 images decays as 4 updates of 32."""
+    model = build_model(tiny_config)
+    every, sparse = EMA(model, 512), EMA(model, 512)
+    shift_all(model, 1.0)  # the weights then hold still, as between two sparse updates
+    for step in range(1, 9):
+        every.update(model, 32 * step)
+        if step % 4 == 0:
+            sparse.update(model, 32 * step)
+    assert sparse.beta(32 * 12) == pytest.approx(0.5 ** (128 / 512))
+    for a, b in zip(every.model.parameters(), sparse.model.parameters()):
+        torch.testing.assert_close(a, b)

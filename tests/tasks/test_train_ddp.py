@@ -18,7 +18,7 @@ from model.microdit import build_model
 from model.optim import param_groups
 from tasks.train.config import StageParams
 from tasks.train import parallel
-from tasks.train.loop import train_step
+from tasks.train.loop import global_mean, train_step
 
 GLOBAL_BATCH = 8
 STEPS = 2
@@ -61,8 +61,9 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str, backend: str) -> 
         latents, text = _global_batch(step)
         mine = slice(rank * share, (rank + 1) * share)
         batch = {"latents": latents[mine], "text": text[mine]}
-        losses.append(train_step(precond, loss_fn, optimizer, [batch], STAGE,
-                                 torch.device("cpu"), None, _noise(step, rank)))
+        loss, _ = train_step(precond, loss_fn, optimizer, [batch], STAGE, None,
+                             _noise(step, rank))
+        losses.append(float(global_mean(loss)))
     weights = parallel.model_weights(net)  # a collective under FSDP
     if rank == 0:
         torch.save(weights if weights is not None else net.state_dict(),
