@@ -16,7 +16,8 @@ global sample on any number of ranks. Decoded shards are kept in an LRU cache bo
 shard is skipped and reported. Each rank reads all shards of the current window (its slice
 draws from all of them); the next window's shards are fetched and decoded in background
 threads while the current one is consumed: that changes when shards are read, never which
-samples come out. Batches are fp16 as stored; the training loop converts them on the device.
+samples come out. With `node_cache` the shard bytes come from a folder the node's ranks share
+(fetched from S3 once per node). Batches are fp16 as stored; the training loop widens them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from tasks.common.shards import Manifest, iter_shard
+from tasks.common.shard_cache import NodeCache
+from tasks.common.shards import Manifest, iter_shard, iter_tar_bytes
 from tasks.encode.preprocess import npy_load
 
 DRAW_BLOCK = 4096  # global samples whose dataset picks and caption drops share one RNG seed
@@ -56,6 +58,10 @@ class LoaderConfig:
     # with ViT-H tokens is ~85 MB, so 1 GiB keeps about a dozen (docs/benchmarks.md).
     cache_bytes: int = 1 << 30
     prefetch_threads: int = 2  # background shard fetches (0: fetch when needed)
+    # A folder on local disk shared by the node's ranks: each shard is fetched from S3 once
+    # per node instead of once per rank (tasks/common/shard_cache.py); empty: no such cache.
+    node_cache: str = ""
+    node_cache_bytes: int = 100 << 30  # the folder's bound, oldest fetched evicted first
     rank: int = 0
     world_size: int = 1
 
@@ -78,6 +84,9 @@ class LatentLoader:
         self.config = config
         self.shards = {name: [s.uri for s in m.shards if s.samples > 0]
                        for name, m in sorted(manifests.items())}
+        self.digests = {s.uri: s.sha256 for m in manifests.values() for s in m.shards}
+        self.node_cache = NodeCache(config.node_cache, config.node_cache_bytes) \
+            if config.node_cache else None
         sizes = {n: float(m.samples) for n, m in manifests.items()}
         raw = {n: float(config.weights.get(n, 0.0)) for n in self.shards} if config.weights \
             else sizes
@@ -207,7 +216,9 @@ class LatentLoader:
         errors: list[str] = []
         field_name = f"lat{self.config.resolution}.npy"
         samples = []
-        for key, sample in iter_shard(uri, errors):
+        shard = iter_tar_bytes(self.node_cache.get(uri, self.digests[uri]), errors) \
+            if self.node_cache else iter_shard(uri, errors)
+        for key, sample in shard:
             if self.config.min_short_side and native_short_side(key, sample) \
                     < self.config.min_short_side:
                 self.filtered += 1

@@ -70,6 +70,10 @@ class TrainParams:
     seed: int = 0  # run seed; each stage draws its data and noise from (seed, stage name)
     gpu_memory_gib: float | None = None  # per GPU; the preflight refuses stages above it
     keep_checkpoints: int = 2  # newest checkpoints kept per stage, besides each stage's final one
+    # A local folder the ranks of a node share for latent shards, so S3 serves each shard once
+    # per node, not once per rank (tasks/common/shard_cache.py); empty: every rank GETs its own.
+    shard_cache_dir: str = ""
+    shard_cache_gib: float = 100.0  # that folder's bound (GiB); the oldest fetched go first
     stages: tuple[StageParams, ...] = ()
 
     def __post_init__(self) -> None:

@@ -20,7 +20,7 @@ from tasks.train import checkpoint
 TRAIN_EXECUTION_ONLY = ("run_name", "micro_batch", "gpus_per_node", "nodes", "backend",
                         "compile", "device", "log_every", "sample_prompts", "sample_steps",
                         "checkpoint_every_images", "keep_checkpoints", "gpu_memory_gib",
-                        "stages")
+                        "shard_cache_dir", "shard_cache_gib", "stages")
 STAGE_EXECUTION_ONLY = ("micro_batch", "activation_checkpointing")
 
 

@@ -88,7 +88,9 @@ def open_loader(params: Params, stage: StageParams, micro_batch: int, d: Dist) -
     return LatentLoader(manifests, LoaderConfig(
         batch_size=micro_batch, resolution=stage.resolution,
         seed=params.train.stage_seed(stage), min_short_side=stage.min_short_side,
-        weights=params.train.dataset_weights, rank=d.rank, world_size=d.world))
+        weights=params.train.dataset_weights, rank=d.rank, world_size=d.world,
+        node_cache=params.train.shard_cache_dir,
+        node_cache_bytes=int(params.train.shard_cache_gib * 2 ** 30)))
 
 
 @dataclass
