@@ -72,6 +72,13 @@ class MirrorServer(ThreadingHTTPServer):
 
 class MirrorHandler(BaseHTTPRequestHandler):
     server: MirrorServer
+    # Keep-alive, as the upstream hosts do: every response carries its Content-Length, and a
+    # connection left idle is closed after `timeout` s so it does not hold a thread forever.
+    # Headers and body go out in two writes: without TCP_NODELAY the body waits ~40 ms for the
+    # client's delayed ACK on a kept-alive connection (nginx's tcp_nodelay, on by default).
+    protocol_version = "HTTP/1.1"
+    timeout = 60
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server naming
         self._serve(with_body=True)
