@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 import tasks.encode.loader as loader_module
-from tasks.common.shards import LocalShard, Manifest, ShardRecord, iter_tar_bytes, sha256_file
+from tasks.common.shards import LocalShard, Manifest, ShardRecord, iter_tar_bytes, file_digest
 from tasks.encode.preprocess import npy_bytes
 
 MANIFEST_NAME = "manifest.json"
@@ -43,7 +43,7 @@ def write_local_shards(root: Path, shards: int, per_shard: int, caption_len: int
                     "txt": f"caption {s} {i}", "json": {"i": i, "native_short_side": 512}})
         path = out.path.rename(root / f"{s:05d}.tar")
         records.append(ShardRecord(name=f"{s:05d}", uri=str(path), samples=out.samples,
-                                   bytes=path.stat().st_size, sha256=sha256_file(path)))
+                                   bytes=path.stat().st_size, sha256=file_digest(path)))
     manifest = Manifest(dataset="bench", prefix=str(root), shards=tuple(records))
     (root / MANIFEST_NAME).write_text(json.dumps(manifest.to_json(), indent=2))
     return manifest

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from tasks.caption.config import CaptionParams
-from tasks.encode.encoders import pick_device, resolve
+from tasks.common.device import pick_device
+from tasks.encode.encoders import resolve
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

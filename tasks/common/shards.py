@@ -69,12 +69,10 @@ class Manifest:
         )
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (hashlib reads it in blocks)."""
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, algorithm).hexdigest()
 
 
 def done_records(prefix: str) -> dict[str, ShardRecord]:
@@ -92,7 +90,7 @@ def commit_shard(local_tar: Path, prefix: str, name: str, samples: int,
     uri = s3.join(prefix, f"{name}.tar")
     s3.upload_file(local_tar, uri)
     rec = ShardRecord(name=name, uri=uri, samples=samples, bytes=local_tar.stat().st_size,
-                      sha256=sha256_file(local_tar), meta=meta or {})
+                      sha256=file_digest(local_tar), meta=meta or {})
     # The record is written after the data: its presence is the commit.
     s3.put_json(s3.join(prefix, DONE, f"{name}.json"), asdict(rec))
     return rec

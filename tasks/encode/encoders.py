@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from infra.settings import REPO_ROOT
+from tasks.common.device import pick_device
 from tasks.encode.config import EncodeParams
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -24,12 +25,6 @@ def resolve(name: str) -> str:
     if not path.is_absolute() and (REPO_ROOT / path).exists():
         return str(REPO_ROOT / path)
     return name
-
-
-def pick_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
 
 
 @dataclass

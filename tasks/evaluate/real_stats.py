@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from infra import s3
 from tasks.common.shards import Manifest, iter_shard
+from tasks.encode.preprocess import center_crop_resize
 from tasks.evaluate.inception import InceptionFeatures
 from tasks.evaluate.metrics import RealStats, add_images, new_fid, real_stats
 from tasks.evaluate.protocol import FEATURE_RESIZE, REAL_RESIZE, manifest_id, protocol_hash
@@ -42,17 +43,6 @@ class Skips:
                 "corrupt_shard": self.corrupt_shard}
 
 
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Short side to `size` with PIL bicubic, then the central size x size square."""
-    image = image.convert("RGB")
-    width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
 def image_tensor(image: Image.Image) -> torch.Tensor:
     """PIL RGB -> uint8 (3, H, W)."""
     return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -69,7 +59,7 @@ def iter_real_images(manifest: Manifest, resolution: int, skips: Skips) -> Itera
                 continue
             try:
                 with Image.open(io.BytesIO(data)) as image:
-                    yield image_tensor(resize_center_crop(image, resolution))
+                    yield image_tensor(center_crop_resize(image.convert("RGB"), resolution))
             except (UnidentifiedImageError, OSError, ValueError):
                 skips.corrupt_image += 1
         skips.corrupt_shard += bool(errors)

@@ -20,6 +20,7 @@ import torch
 import torchmetrics
 
 from infra import s3
+from tasks.common.device import pick_device
 from tasks.common.errors import OperationalError
 from tasks.common.shards import Manifest, read_manifest
 from tasks.download.config import originals_dataset
@@ -53,14 +54,6 @@ EncodersLoader = Callable[[Params, torch.device], Encoders]
 class Evaluation:
     result: dict[str, Any]  # JSON-able: metrics, protocol, cache URIs
     grid_png: bytes  # the first grid_images samples
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("evaluate.device is 'cuda' but no CUDA device is available")
-    return torch.device(name)
 
 
 def fid_protocol(ev: EvaluateParams, dataset: dict[str, Any], real_count: int,
@@ -154,7 +147,7 @@ def evaluate(params: Params, checkpoint_source: str, encoders_loader: EncodersLo
     passes the encode step's loaders, so generation matches training).
     """
     ev = params.evaluate
-    device = resolve_device(ev.device)
+    device = pick_device(ev.device)
     manifest, fid_root = coco_manifest(params)
     inception = load_inception(ev.inception, device)
     inception_name = inception_id(ev.inception)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from tasks.common.device import pick_device
 from tasks.evaluate.grid import sample_grid
 
 
@@ -56,12 +57,6 @@ def run_model(run_id: str) -> Path:
     from tasks.report.registry import fetch, run_source
 
     return fetch(run_source(run_id))
-
-
-def pick_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
 
 
 def parser() -> argparse.ArgumentParser:

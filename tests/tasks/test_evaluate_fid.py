@@ -17,7 +17,8 @@ from tasks.evaluate.inception import (FID_HELPER, NUM_FEATURES, inception_id, in
                                       load_inception, resize_bicubic)
 from tasks.evaluate.metrics import (RealStats, add_images, fid_value, new_fid, png_to_tensor,
                                     real_stats, set_real_stats, tensor_to_png)
-from tasks.evaluate.real_stats import image_tensor, resize_center_crop
+from tasks.encode.preprocess import center_crop_resize
+from tasks.evaluate.real_stats import image_tensor
 
 NUM_IMAGES = 8
 
@@ -117,7 +118,7 @@ def test_real_preprocessing_is_short_side_resize_and_center_crop():
     image = Image.new("RGB", (300, 200), (0, 255, 0))
     image.paste((255, 0, 0), (0, 0, 50, 200))
     image.paste((255, 0, 0), (250, 0, 300, 200))
-    out = resize_center_crop(image, 128)
+    out = center_crop_resize(image, 128)
     assert out.size == (128, 128)
     pixels = image_tensor(out).float()
     # Bicubic ringing touches the 2 px next to the band edge; the rest is pure centre green.
