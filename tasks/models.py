@@ -26,7 +26,7 @@ def builders(params: Params) -> dict[str, Callable[[Path], Path]]:
                                               params.encode.text_encoder: save_tiny_text_encoder}
     from tasks.caption.tiny import save_tiny_llava
 
-    if params.caption.enabled and params.caption.source == "llava":
+    if params.caption.enabled and params.caption.source != "file":  # llava or file+llava
         out[params.caption.model] = save_tiny_llava
     return out
 

@@ -2,18 +2,25 @@
 
     python -m tasks plan [--params F] [--profile demo|full]
 
-Each line states where its figure comes from: a measured throughput from `cost.throughput`
-(images, or captions, per second per device), or model FLOPs at `cost.mfu` of the device's
-dense peak (`cost.peak_tflops`). Dataset sizes before the first download are the sources'
-published sizes (DATASET_IMAGES) times the configured fraction. The flow refuses to start a run
+Each line states where its figure comes from: a rate measured on the planned card by the GPU
+suite (the newest docs/gpu/*.json whose card names `cost.gpu_type`), else a given throughput
+from `cost.throughput` (images, or captions, per second per device), else model FLOPs at
+`cost.mfu` of the device's dense peak (`cost.peak_tflops`). The caption step is priced for each
+caption source side by side; the total holds the one `caption.source` names. Dataset sizes
+before the first download are the sources' published sizes (DATASET_IMAGES) times the
+configured fraction. The flow refuses to start a run
 whose plan exceeds `cost.budget_usd` unless told to go over it.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+from infra.settings import REPO_ROOT
 from model.flops import forward_flops
 from tasks.params import Params
 
@@ -27,6 +34,11 @@ DATASET_IMAGES: dict[str, int] = {
     "coco": 40_504,  # COCO-2014 val
 }
 CAPTION_TOKENS = 77  # text tokens per caption, for the FLOP count of a forward pass
+# Captions each published caption file holds, for a plan made before the file is read:
+# PixArt-alpha/SAM-LLaVA-Captions10M, by its name (not counted by us).
+CAPTION_FILE_IMAGES: dict[str, int] = {"sa1b": 10_000_000}
+CAPTION_SOURCES = ("llava", "file", "file+llava")
+GPU_RESULTS = REPO_ROOT / "docs" / "gpu"  # benchmarks/gpu_suite.sh results, one JSON per run
 
 
 class OverBudget(RuntimeError):
@@ -64,7 +76,39 @@ def flops_rate(params: Params, flops_per_item: float) -> tuple[float, str]:
                   f"{peak:g} TFLOP/s")
 
 
+def suite_rates(result: dict[str, Any]) -> dict[str, float]:
+    """Our rates in one GPU suite result (benchmarks/gpu_suite_merge.py), by plan key: the
+    masked 256 px step is stage 1's, the unmasked one stage 2's."""
+    cases = result.get("train", {}).get("cases", {})
+    encode = result.get("encode", {}).get("images_per_s", {})
+    rates = {"stage1": cases.get("ours-m75", {}).get("images_per_s"),
+             "stage2": cases.get("ours-m0", {}).get("images_per_s"),
+             "encode": next((v for k, v in encode.items() if k.startswith("ours")), None),
+             "caption": result.get("caption", {}).get("captions_per_s", {}).get("ours")}
+    return {k: float(v) for k, v in rates.items() if v}
+
+
+@functools.lru_cache(maxsize=8)
+def gpu_measured(gpu_type: str, folder: Path = GPU_RESULTS) -> dict[str, tuple[float, str]]:
+    """Rates measured on a card whose name holds gpu_type (e.g. H100 in "NVIDIA H100 80GB
+    HBM3"), the newest suite result first; {} when no result there names that card."""
+    out: dict[str, tuple[float, str]] = {}
+    results = [(json.loads(path.read_text()), path) for path in sorted(folder.glob("*.json"))]
+    for result, path in sorted(results, key=lambda r: str(r[0].get("date", "")), reverse=True):
+        card = str(result.get("env", {}).get("gpu", ""))
+        if gpu_type.lower() not in card.lower().split():
+            continue
+        for key, rate in suite_rates(result).items():
+            out.setdefault(key, (rate, f"measured {rate:g}/s on {card} "
+                                       f"({path.relative_to(REPO_ROOT)})"))
+    return out
+
+
 def measured(params: Params, key: str) -> tuple[float, str] | None:
+    """A rate measured on the planned card, else the one given in cost.throughput, else None."""
+    found = gpu_measured(params.cost.gpu_type).get(key)
+    if found:
+        return found
     rate = params.cost.throughput.get(key)
     return (rate, f"given {rate:g}/s per device (cost.throughput.{key})") if rate else None
 
@@ -103,21 +147,38 @@ def source_images(params: Params, dataset: str) -> float:
     return min(images, source.max_samples) if source.max_samples else images
 
 
+def caption_lines(params: Params, source: str) -> list[PlanLine]:
+    """The caption step's lines if `caption.source` were this source: `file` reads captions on
+    the cpu pool (no device time); `file+llava` captions only the images the file lacks."""
+    rate = measured(params, "caption")
+    lines = []
+    for dataset in params.caption.datasets if params.caption.enabled else ():
+        if dataset not in params.download.enabled():
+            continue
+        images = source_images(params, dataset)
+        if source == "file":
+            lines.append(PlanLine("caption", dataset, images, 0, 1, 0.0, 0.0,
+                                  "published caption file: read on the cpu pool, no device"))
+            continue
+        note = ""
+        if source == "file+llava":
+            held = CAPTION_FILE_IMAGES.get(dataset, 0)
+            share = 1.0 - min(1.0, held / DATASET_IMAGES[dataset])
+            images *= share
+            note = (f"; LLaVA for the {share:.1%} of images the file lacks (est.: {held:,} "
+                    f"captions of {DATASET_IMAGES[dataset]:,} images)")
+        if rate is None:
+            lines.append(PlanLine("caption", dataset, images, 0, 1, 0.0, 0.0,
+                                  "not projected: no caption rate measured or given" + note))
+        else:
+            lines.append(_line(params, "caption", dataset, images, rate[0], 1, rate[1] + note))
+    return lines
+
+
 def data_lines(params: Params) -> list[PlanLine]:
     from tasks.encode.run import encoded_datasets
 
-    lines = []
-    if params.caption.enabled and params.caption.source == "llava":
-        for dataset in params.caption.datasets:
-            if dataset in params.download.enabled():
-                rate = measured(params, "caption")
-                if rate is None:
-                    lines.append(PlanLine("caption", dataset, source_images(params, dataset), 0,
-                                          1, 0.0, 0.0, "not projected: no cost.throughput."
-                                          "caption measured"))
-                else:
-                    lines.append(_line(params, "caption", dataset,
-                                       source_images(params, dataset), *rate[:1], 1, rate[1]))
+    lines = caption_lines(params, params.caption.source)
     encode_rate = measured(params, "encode")
     for dataset in encoded_datasets(params):
         if dataset not in params.download.enabled():
@@ -125,7 +186,7 @@ def data_lines(params: Params) -> list[PlanLine]:
         images = source_images(params, dataset)
         if encode_rate is None:
             lines.append(PlanLine("encode", dataset, images, 0, 1, 0.0, 0.0,
-                                  "not projected: no cost.throughput.encode measured"))
+                                  "not projected: no encode rate measured or given"))
         else:
             lines.append(_line(params, "encode", dataset, images, encode_rate[0], 1,
                                encode_rate[1]))
@@ -179,11 +240,35 @@ def render(params: Params, lines: list[PlanLine]) -> str:
         rate = f"{p.rate:9.1f}" if p.rate else f"{'-':>9}"
         out.append(f"{p.step:<9} {p.item:<12} {p.work:>14,.0f} {rate} {p.devices:>7} "
                    f"{p.device_hours:>10.4f} {p.cost_usd:>10.4f}  {p.basis}")
+    steps = by_step(lines)
+    for name, members in SUBTOTALS.items():
+        part = [steps.get(step, {"device_hours": 0.0, "cost_usd": 0.0}) for step in members]
+        out.append(f"{'subtotal':<9} {name:<37} {sum(p['device_hours'] for p in part):>10.4f} "
+                   f"{sum(p['cost_usd'] for p in part):>10.4f}  {' + '.join(members)}")
     total = totals(lines)
     budget = f" of a ${cost.budget_usd:,.2f} budget" if cost.budget_usd else ""
     out.append(f"{'total':<9} {'':<12} {'':>14} {'':>9} {'':>7} {total['device_hours']:>10.4f} "
                f"{total['cost_usd']:>10.4f}{budget}")
+    out += render_caption_sources(params)
     return "\n".join(out)
+
+
+SUBTOTALS = {"data preparation": ("caption", "encode"), "training": ("train",)}
+
+
+def render_caption_sources(params: Params) -> list[str]:
+    """The caption step under each source, side by side; the total holds caption.source's."""
+    if not params.caption.enabled:
+        return []
+    out = [f"caption sources (the total holds caption.source: {params.caption.source}):"]
+    for source in CAPTION_SOURCES:
+        part = caption_lines(params, source)
+        llava = 0.0 if source == "file" else sum(p.work for p in part)
+        mark = "*" if source == params.caption.source else " "
+        out.append(f"{mark} {source:<11} {llava:>14,.0f} images through LLaVA "
+                   f"{sum(p.device_hours for p in part):>10.4f} dev-hours "
+                   f"{sum(p.cost_usd for p in part):>10.4f} USD")
+    return out
 
 
 def check_budget(params: Params, allow_over_budget: bool = False) -> dict[str, Any]:

@@ -14,12 +14,14 @@ class CaptionParams:
     """How SA-1B samples get captions (reference.md, "Datasets": LLaVA captions for SA-1B).
 
     `source: llava` generates them; `source: file` reads a published caption file keyed by
-    image id (JSON object or JSONL with `image_id` and `caption`), with no GPU.
+    image id (JSON object, JSONL with `image_id` and `caption`, or a tar of <id>.txt), with no
+    GPU; `source: file+llava` takes the file's caption where it has the image and captions only
+    the images it lacks with LLaVA (counted as not_in_file and llava in the step's summary).
     """
 
     enabled: bool = True
     datasets: tuple[str, ...] = ("sa1b",)  # raw datasets whose samples need captions
-    source: Literal["llava", "file"] = "llava"
+    source: Literal["llava", "file", "file+llava"] = "llava"
     model: str = "llava-hf/llava-1.5-7b-hf"  # Hugging Face id or local folder
     prompt: str = LLAVA_PROMPT
     max_new_tokens: int = 64  # tokens
@@ -45,7 +47,8 @@ class CaptionParams:
             raise ValueError(f"caption.max_repeat_share must be in (0, 1], got {self.max_repeat_share}")
         if self.retry_temperature <= 0:
             raise ValueError(f"caption.retry_temperature must be > 0, got {self.retry_temperature}")
-        if self.source == "llava" and "<image>" not in self.prompt:
+        if self.source != "file" and "<image>" not in self.prompt:
             raise ValueError("caption.prompt must contain the <image> placeholder")
-        if self.source == "file" and not self.captions_file:
-            raise ValueError("caption.source is 'file' but caption.captions_file is not set")
+        if self.source != "llava" and not self.captions_file:
+            raise ValueError(f"caption.source is '{self.source}' but caption.captions_file is "
+                             "not set")

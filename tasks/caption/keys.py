@@ -16,7 +16,7 @@ EXECUTION_ONLY = ("enabled", "datasets", "batch_size", "device", "compile",
 
 def caption_key(params: CaptionParams) -> str:
     fields = without(params, *EXECUTION_ONLY)
-    if params.source == "llava":
+    if params.source != "file":
         fields["model"] = model_fingerprint(params.model)  # a rebuilt local model: new key
     if params.source == "file":
         fields = {k: fields[k] for k in ("source", "captions_file", "min_chars",

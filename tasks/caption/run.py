@@ -49,8 +49,9 @@ class Pending:
     """Samples of one shard still without a caption."""
 
     keys: list[str] = field(default_factory=list)
-    images: list[Image.Image] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
+    jpgs: list[bytes | None] = field(default_factory=list)  # encoded; None: the sample has none
+    images: list[Image.Image] = field(default_factory=list)  # decoded by `decode_pending`
 
 
 @dataclass
@@ -68,8 +69,11 @@ class ShardResult:
 def describe(params: CaptionParams) -> dict[str, Any]:
     if params.source == "file":
         return {"source": "file", "captions_file": params.captions_file}
-    return {"source": "llava", "model": params.model, "prompt": params.prompt,
-            "max_new_tokens": params.max_new_tokens}
+    llava = {"model": params.model, "prompt": params.prompt,
+             "max_new_tokens": params.max_new_tokens}
+    if params.source == "file+llava":
+        return {"source": "file+llava", "captions_file": params.captions_file, **llava}
+    return {"source": "llava", **llava}
 
 
 def read_samples(uri: str, result: ShardResult) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -79,7 +83,7 @@ def read_samples(uri: str, result: ShardResult) -> Iterator[tuple[str, dict[str,
 
 
 def collect(uri: str, params: CaptionParams, result: ShardResult) -> Pending:
-    """Keep existing captions; queue the rest (with their decoded images) for captioning."""
+    """Keep existing captions; queue the rest (with their image bytes) for captioning."""
     pending = Pending()
     for key, sample in read_samples(uri, result):
         result.counts["samples"] += 1
@@ -91,14 +95,22 @@ def collect(uri: str, params: CaptionParams, result: ShardResult) -> Pending:
         meta = json.loads(sample.get("json", b"{}") or b"{}")
         pending.keys.append(key)
         pending.ids.append(image_id(meta.get("source_id") or key.split("-", 1)[-1]))
-        if params.source == "llava":
-            try:
-                pending.images.append(decode_image(sample["jpg"]))
-            except (KeyError, OSError, UnidentifiedImageError, ValueError):
-                pending.keys.pop()
-                pending.ids.pop()
-                result.failed[key] = "bad_image"
+        pending.jpgs.append(sample.get("jpg") if params.source != "file" else None)
     return pending
+
+
+def decode_pending(pending: Pending, result: ShardResult) -> Pending:
+    """The samples whose image decodes, with their images; the others fail as bad_image."""
+    out = Pending()
+    for key, ident, jpg in zip(pending.keys, pending.ids, pending.jpgs):
+        try:
+            out.images.append(decode_image(jpg))
+        except (TypeError, OSError, UnidentifiedImageError, ValueError):
+            result.failed[key] = "bad_image"
+            continue
+        out.keys.append(key)
+        out.ids.append(ident)
+    return out
 
 
 def accept(result: ShardResult, key: str, raw: str, params: CaptionParams) -> str | None:
@@ -172,15 +184,23 @@ def caption_file(location: str, timeout_s: float = 60.0) -> dict[str, str]:
     return out
 
 
-def caption_from_file(pending: Pending, params: CaptionParams, result: ShardResult) -> None:
+def caption_from_file(pending: Pending, params: CaptionParams, result: ShardResult) -> Pending:
+    """Published captions where the file has the image; the samples it lacks are returned
+    (source `file` counts them as failed, `file+llava` captions them with LLaVA)."""
     table = caption_file(str(params.captions_file))
-    for key, ident in zip(pending.keys, pending.ids):
+    lacking = Pending()
+    for key, ident, jpg in zip(pending.keys, pending.ids, pending.jpgs):
         if ident not in table:
-            result.failed[key] = "not_in_caption_file"
+            lacking.keys.append(key)
+            lacking.ids.append(ident)
+            lacking.jpgs.append(jpg)
             continue
+        result.counts["from_file"] += 1
         reason = accept(result, key, table[ident], params)
         if reason is not None:
             result.failed[key] = reason
+    result.counts["not_in_file"] += len(lacking.keys)
+    return lacking
 
 
 def caption_shard(params: Params, dataset: str, uri: str, captioner: Any = None) -> dict[str, Any]:
@@ -195,15 +215,20 @@ def caption_shard(params: Params, dataset: str, uri: str, captioner: Any = None)
     cfg = params.caption
     result = ShardResult()
     pending = collect(uri, cfg, result)
+    if cfg.source in ("file", "file+llava"):
+        pending = caption_from_file(pending, cfg, result)
     if cfg.source == "file":
-        caption_from_file(pending, cfg, result)
-    elif pending.keys:
-        if captioner is None:
-            from tasks.caption.llava import shared
+        result.failed.update({key: "not_in_caption_file" for key in pending.keys})
+    else:
+        pending = decode_pending(pending, result)
+        if pending.keys:
+            if captioner is None:
+                from tasks.caption.llava import shared
 
-            captioner = shared(cfg)
-        seed = cfg.seed * 1_000_003 + zlib.crc32(name.encode())
-        caption_with_llava(captioner, pending, cfg, result, seed)
+                captioner = shared(cfg)
+            seed = cfg.seed * 1_000_003 + zlib.crc32(name.encode())
+            caption_with_llava(captioner, pending, cfg, result, seed)
+        result.counts["llava"] += sum(key in result.captions for key in pending.keys)
     result.counts["captioned"] = len(result.captions) - result.counts["had_caption"]
     result.counts.update(f"failed_{r}" for r in result.failed.values())
     s3.put_json(target, result.to_json(name, uri, cfg))
@@ -236,6 +261,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
              f"had one, {sum(failed.values())} failed of {summary.get('samples', 0)} samples in "
              f"{summary['shards']} shards ({summary['resumed_shards']} done before); "
              f"{summary.get('retried', 0)} retried once.", ""]
+    if "from_file" in summary or "not_in_file" in summary:
+        lines[2:2] = [f"From the caption file: {summary.get('from_file', 0)}; not in it: "
+                      f"{summary.get('not_in_file', 0)}, of which {summary.get('llava', 0)} "
+                      f"captioned with LLaVA.", ""]
     if failed:
         lines += ["| reason | samples |", "|---|---|"]
         lines += [f"| {reason} | {n} |" for reason, n in sorted(failed.items())]

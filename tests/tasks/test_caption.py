@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from infra import s3
 from infra.s3 import split_uri
 from tasks.caption.config import CaptionParams
 from tasks.caption.llava import caption_batches, caption_images, generate, load, prepare
-from tasks.caption.run import caption_shard, plan, sidecar_uri
+from tasks.caption.run import caption_shard, plan, sidecar_uri, summarize, summary_markdown
 from tasks.caption.text import clean, garbage_reason
 from tasks.caption.tiny import save_tiny_llava
 from tasks.common.shards import (LocalShard, commit_shard, iter_shard, read_manifest,
@@ -114,6 +115,19 @@ def test_every_cpu_engine_gives_plain_generates_greedy_captions(tiny_llava, engi
     assert list(caption_images(other, images)) == expected
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="compiled decode runs on CUDA only (caption.compile is ignored on CPU)")
+def test_static_cache_and_compiled_decode_on_cuda_give_plain_generates_captions(tiny_llava):
+    images = [Image.open(io.BytesIO(_jpeg(i, size=(40 + 9 * i, 60)))) for i in range(8)]
+    base = CaptionParams(model=tiny_llava, device="cuda", dtype="fp32", max_new_tokens=24,
+                         batch_size=4)
+    expected = list(caption_images(load(base), images))
+    for engine in ({"cache_implementation": "static", "compile": True},
+                   {"engine": "continuous"}):
+        assert list(caption_images(load(dataclasses.replace(base, **engine)), images)) == \
+            expected, engine
+
+
 def test_caption_shard_writes_a_sidecar_encode_reads_and_resumes(s3_prefix, tiny_llava, tmp_path):
     params = _params(s3_prefix, model=tiny_llava, device="cpu", batch_size=4, max_new_tokens=16,
                      min_chars=1, max_repeat_share=1.0)
@@ -167,6 +181,36 @@ def test_caption_shard_writes_a_sidecar_encode_reads_and_resumes(s3_prefix, tiny
     assert caption_shard(shorter, "sa1b", uri)["resumed"] is True
     assert encode_dataset(dataclasses.replace(shorter, encode=encode),
                           "sa1b")["samples_encoded_this_run"] == 0
+
+
+def test_file_plus_llava_captions_only_the_images_the_file_lacks(s3_prefix, tiny_llava, tmp_path):
+    captions_file = tmp_path / "captions.jsonl"
+    captions_file.write_text("\n".join(json.dumps(r) for r in (
+        {"image_id": "sa_1", "caption": "a  published caption of image one"},
+        {"image_id": "sa_2", "caption": ""},
+        {"image_id": "sa_4", "caption": "the published caption of image four"})) + "\n")
+    params = _params(s3_prefix, source="file+llava", captions_file=str(captions_file),
+                     model=tiny_llava, device="cpu", batch_size=2, max_new_tokens=12,
+                     min_chars=1, max_repeat_share=1.0)
+    samples = _sa1b_samples(6)
+    samples["sa1b-6"]["jpg"] = b"\xff\xd8\xff\xe0 not a jpeg"
+    uri = _raw_shard(params, samples)
+    summary = caption_shard(params, "sa1b", uri)
+    sidecar = s3.get_json(sidecar_uri(params, "sa1b", "00000"))
+    assert sidecar["failed"] == {"sa1b-2": "empty", "sa1b-6": "bad_image"}
+    assert sidecar["captions"]["sa1b-1"] == "a published caption of image one"
+    assert sidecar["captions"]["sa1b-4"] == "the published caption of image four"
+    assert (summary["from_file"], summary["not_in_file"], summary["llava"]) == (3, 3, 2)
+    assert summary["captioned"] == 4
+    # The two the file lacks got the captions the llava source gives the same images.
+    llava = dataclasses.replace(params, caption=dataclasses.replace(params.caption,
+                                                                    source="llava"))
+    assert len({sidecar_uri(p, "sa1b", "00000") for p in (params, llava)}) == 2
+    caption_shard(llava, "sa1b", uri)
+    by_llava = s3.get_json(sidecar_uri(llava, "sa1b", "00000"))["captions"]
+    assert {k: sidecar["captions"][k] for k in ("sa1b-3", "sa1b-5")} == \
+        {k: by_llava[k] for k in ("sa1b-3", "sa1b-5")}
+    assert "captioned with LLaVA" in summary_markdown(summarize("sa1b", [summary]))
 
 
 def test_garbage_is_retried_once_then_counted_never_written(s3_prefix, tiny_llava):

@@ -11,7 +11,8 @@ import pytest
 from model.config import preset
 from model.flops import forward_flops
 from tasks.cli import main
-from tasks.plan import OverBudget, by_step, check_budget, plan, totals
+from tasks.plan import (DATASET_IMAGES, OverBudget, by_step, caption_lines, check_budget,
+                        gpu_measured, plan, render, totals)
 from tasks.params import load_params
 
 
@@ -60,7 +61,7 @@ def test_plan_totals_and_the_budget_refusal(capsys):
     assert result["cost_usd"] == pytest.approx(totals(plan(full))["cost_usd"])
     assert set(result["by_step"]) == {"caption", "encode", "train", "evaluate"}
     tight = dataclasses.replace(full, cost=dataclasses.replace(full.cost, budget_usd=1000.0))
-    with pytest.raises(OverBudget, match=r"the plan costs \$2,5\d\d\.\d\d, over cost.budget_usd "
+    with pytest.raises(OverBudget, match=r"the plan costs \$1,5\d\d\.\d\d, over cost.budget_usd "
                                          r"\$1,000\.00") as err:
         check_budget(tight)
     assert "train     stage1" in str(err.value)  # the plan is in the error
@@ -90,3 +91,40 @@ def test_a_device_without_a_peak_is_not_projected_rather_than_an_error():
     assert lines[("train", "stage1")].basis.startswith("not projected: no cost.peak_tflops.cpu")
     assert lines[("train", "stage1")].device_hours == 0.0
     assert check_budget(cpu)["cost_usd"] == 0.0
+
+
+def test_the_three_caption_sources_side_by_side_and_the_total_holds_the_chosen_one():
+    full = load_params(profile="full")
+    assert full.caption.source == "file+llava"
+    llava_usd = 11_000_000 / 10.3 / 3600 * 3.75
+    by_source = {source: sum(p.cost_usd for p in caption_lines(full, source))
+                 for source in ("llava", "file", "file+llava")}
+    assert by_source["llava"] == pytest.approx(llava_usd)
+    assert by_source["file"] == 0.0
+    # The images SAM-LLaVA-Captions10M lacks (10M captions of SA-1B's 11M) go through LLaVA.
+    assert by_source["file+llava"] == pytest.approx(llava_usd / 11)
+    assert by_step(plan(full))["caption"]["cost_usd"] == pytest.approx(by_source["file+llava"])
+    text = render(full, plan(full))
+    assert "* file+llava" in text and "  llava " in text and "  file " in text
+    lines = plan(full)
+    data = sum(p.cost_usd for p in lines if p.step in ("caption", "encode"))
+    train = sum(p.cost_usd for p in lines if p.step == "train")
+    assert f"subtotal  data preparation {'':<20}" in text
+    assert f"{data:>10.4f}  caption + encode" in text and f"{train:>10.4f}  train" in text
+
+
+def test_the_plan_reads_rates_measured_on_the_planned_card_and_given_ones_otherwise():
+    full = load_params(profile="full")
+    assert gpu_measured("H100") == {}  # no suite result in docs/gpu names an H100 yet
+    h200 = dataclasses.replace(full, cost=dataclasses.replace(
+        full.cost, gpu_type="H200", usd_per_gpu_hour={**full.cost.usd_per_gpu_hour, "H200": 5.0}))
+    lines = _lines(h200)
+    # docs/gpu/2026-11-30-h200-suite.json: ours at 972.4 (mask 0.75) and 527.6 (mask 0)
+    # images/s, encode 97.4 images/s; its caption part timed out, so caption stays given.
+    assert lines[("train", "stage1")].rate == 972.4
+    assert lines[("train", "stage1")].basis.startswith("measured 972.4/s on NVIDIA H200 (docs/gpu/")
+    assert lines[("train", "stage2")].rate == 527.6
+    assert lines[("encode", "sa1b")].rate == 97.4
+    assert lines[("caption", "sa1b")].basis.startswith("given 10.3/s")
+    assert lines[("caption", "sa1b")].work == pytest.approx(DATASET_IMAGES["sa1b"] / 11)
+    assert lines[("train", "stage3")].basis.startswith("not projected: no cost.peak_tflops.H200")
