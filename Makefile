@@ -12,6 +12,11 @@ MB_PREFECT_PORT ?= 14200
 MB_MLFLOW_PORT ?= 15500
 export PREFECT_API_URL ?= http://127.0.0.1:$(MB_PREFECT_PORT)/api
 export MLFLOW_TRACKING_URI ?= http://127.0.0.1:$(MB_MLFLOW_PORT)
+# Every service asks for credentials (infra/services.py). Python entry points read theirs from the
+# credentials file (infra/settings.py); the prefect CLI reads its auth string from the environment,
+# read here from the same file when a recipe runs (it is written by `setup`).
+MB_CREDENTIALS = $(or $(MB_CREDENTIALS_FILE),$(or $(MB_STATE_DIR),.state)/credentials.env)
+export PREFECT_API_AUTH_STRING ?= $(shell sed -n 's/^MB_PREFECT_AUTH_STRING=//p' $(MB_CREDENTIALS) 2>/dev/null)
 
 .PHONY: setup services-up services-down services-status test test-fast demo repro screenshots clean-state
 

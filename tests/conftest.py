@@ -30,10 +30,15 @@ def isolate_from_user_services(environ: dict) -> None:
     for name, offset in TEST_PORT_OFFSETS.items():
         environ[f"MB_{name.upper()}_PORT"] = str(base + offset)
     # The Makefile exports the user's endpoints; the suite replaces them with its own.
-    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MB_S3_ENDPOINT", "MB_MIRROR_URL"):
+    for name in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "MB_S3_ENDPOINT", "MB_MIRROR_URL",
+                 "MB_SERVICES_HOST", "MB_BIND_ADDRESS", "MB_CREDENTIALS_FILE", "MB_AUTH",
+                 *settings.CLIENT_CREDENTIALS):
         environ.pop(name, None)
     environ["PREFECT_API_URL"] = settings.prefect_api_url()
     environ["MLFLOW_TRACKING_URI"] = settings.mlflow_uri()
+    # Every service asks for credentials: the suite's own, generated into its state folder.
+    services.ensure_credentials()
+    settings.export_client_credentials(environ)
 
 
 isolate_from_user_services(os.environ)
