@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import os
 import urllib.request
 
 import pytest
@@ -70,7 +72,11 @@ def test_report_logs_parent_and_nested_runs(mlflow_service, tmp_path):
     assert "report/cost_table.json" in artifacts and "report/report.md" in artifacts
     # The report embeds the sample grid through a link the tracking server answers.
     assert f"]({result['grid_url']})" in result["markdown"]
-    with urllib.request.urlopen(result["grid_url"], timeout=30) as resp:
+    # The server asks for credentials, as a browser's user gives them.
+    login = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:{os.environ['MLFLOW_TRACKING_PASSWORD']}"
+    request = urllib.request.Request(result["grid_url"], headers={
+        "Authorization": "Basic " + base64.b64encode(login.encode()).decode()})
+    with urllib.request.urlopen(request, timeout=30) as resp:
         assert resp.read() == grid
 
 
