@@ -11,6 +11,13 @@ Layout under s3://BUCKET/runs/<run>/<stage>/:
 A worker killed mid-upload leaves latest.json on the previous checkpoint: resume loses at most
 one checkpoint interval. torch.save holds only state dicts (tensors, numbers), never code.
 
+Saves do not stall training: `snapshot` copies the state off the device (the only part the
+step waits for), and a `Saver` serialises and uploads it in a background thread, one save in
+flight at a time. A failed upload is retried with the project's policy (infra/retry.py), each
+retry reported; one that still fails is raised in the training thread, never dropped. An error
+that is not an I/O error (a bug) is raised at once, not retried. A save abandoned before its
+files are all uploaded (the preemption grace period ran out) never writes latest.json.
+
 Retention: after each save the stage keeps its newest `keep` checkpoints; the one latest.json
 names (the stage's final one once it is done) and any checkpoint another stage of the run
 started from are never removed.
@@ -18,14 +25,19 @@ started from are never removed.
 
 from __future__ import annotations
 
+import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import boto3.exceptions
+import botocore.exceptions
 import torch
 
-from infra import s3
+from infra import retry, s3
 from model.io import save_pretrained
 
 FILES = ("model/config.json", "model/model.safetensors", "ema/config.json",
@@ -56,20 +68,134 @@ def latest(prefix: str) -> Pointer | None:
 def save(prefix: str, model: torch.nn.Module, ema_model: torch.nn.Module,
          state: dict[str, Any], step: int, images: int,
          model_weights: dict[str, torch.Tensor] | None = None,
-         source: str | None = None) -> Pointer:
-    """Upload a full checkpoint, then move latest.json to it; `model_weights` replaces the
-    model's own state dict (the gathered weights of a sharded model)."""
+         source: str | None = None, ema_weights: dict[str, torch.Tensor] | None = None,
+         abandoned: threading.Event | None = None) -> Pointer | None:
+    """Upload a full checkpoint, then move latest.json to it; `model_weights` and
+    `ema_weights` replace the models' own state dicts (a snapshot, or the gathered weights of a
+    sharded model; the models give only their configs then). Once `abandoned` is set no
+    further file is uploaded and latest.json is left where it is (returns None)."""
     uri = s3.join(prefix, f"step-{images:012d}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         save_pretrained(model, root / "model", model_weights)
-        save_pretrained(ema_model, root / "ema")
+        save_pretrained(ema_model, root / "ema", ema_weights)
         torch.save(state, root / "train_state.pt")
         for name in FILES:
+            if abandoned is not None and abandoned.is_set():
+                return None
             s3.upload_file(root / name, s3.join(uri, name))
+    if abandoned is not None and abandoned.is_set():
+        return None
     s3.put_json(s3.join(prefix, "latest.json"),
                 {"uri": uri, "step": step, "images": images, "source": source})
     return Pointer(uri=uri, step=step, images=images, source=source)
+
+
+def complete(uri: str) -> bool:
+    """Whether every file of the checkpoint folder is in S3."""
+    return all(s3.exists(s3.join(uri, name)) for name in FILES)
+
+
+def off_device(obj: Any) -> Any:
+    """A copy of a state (tensors in nested dicts, lists, tuples) in CPU memory, detached from
+    the training tensors, which the next optimizer step changes in place."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: off_device(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(off_device(v) for v in obj)
+    return obj
+
+
+@dataclass
+class Snapshot:
+    """One checkpoint's contents, already off the device: what a background save writes."""
+
+    model: torch.nn.Module  # gives the config only
+    weights: dict[str, torch.Tensor]
+    ema_weights: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    step: int
+    images: int
+    source: str | None = None
+
+
+class CheckpointFailed(RuntimeError):
+    """A checkpoint could not be written even after its retries: the stage stops rather than
+    train on without one."""
+
+
+def io_error(err: BaseException) -> bool:
+    """Worth another try: the store or the disk, not the code (a bug fails the first time)."""
+    return isinstance(err, (OSError, boto3.exceptions.Boto3Error,
+                            botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError))
+
+
+# A whole checkpoint upload again after the per-request S3 retries (infra/s3.py) gave up.
+UPLOAD_RETRIES = retry.RetryPolicy(retries=3, backoff_s=2.0, backoff_max_s=30.0)
+
+
+class Saver:
+    """Writes snapshots in a background thread, at most one in flight; then prunes."""
+
+    def __init__(self, prefix: str, keep: int, policy: retry.RetryPolicy = UPLOAD_RETRIES,
+                 report: Callable[[str], None] = lambda line: print(line, file=sys.stderr,
+                                                                     flush=True)) -> None:
+        self.prefix, self.keep, self.policy, self.report = prefix, keep, policy, report
+        self.thread: threading.Thread | None = None
+        self.abandoned = threading.Event()
+        self.error: BaseException | None = None
+        self.pointer: Pointer | None = None  # the last checkpoint this saver completed
+        self.retries = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def submit(self, snap: Snapshot) -> None:
+        """Start writing `snap`; waits for the save in flight first (one at a time)."""
+        self.wait()
+        self.thread = threading.Thread(target=self._write, args=(snap,), daemon=True,
+                                       name=f"checkpoint-{snap.step}")
+        self.thread.start()
+
+    def _write(self, snap: Snapshot) -> None:
+        def note(attempt: int, err: BaseException, wait: float) -> None:
+            self.retries += 1
+            self.report(f"checkpoint step {snap.step}: upload failed ({err}); retry {attempt} "
+                        f"in {wait:.1f} s")
+
+        try:
+            pointer = retry.call(lambda: save(self.prefix, snap.model, snap.model, snap.state,
+                                              snap.step, snap.images, snap.weights, snap.source,
+                                              snap.ema_weights, self.abandoned),
+                                 self.policy, io_error, on_retry=note)
+            if pointer is not None:
+                self.pointer = pointer
+                prune(self.prefix, self.keep, protected=sources_of_run(self.prefix))
+        except BaseException as err:  # handed to the training thread by check()
+            self.error = err
+
+    def check(self) -> None:
+        """Raise the error of a save that failed (after its retries)."""
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise CheckpointFailed(f"checkpoint under {self.prefix} failed: {err}") from err
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the save in flight (up to `timeout` s); True when none is left. Raises the
+        error of a failed save."""
+        if self.thread is not None:
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                return False
+        self.check()
+        return True
+
+    def abandon(self) -> None:
+        """Give up the save in flight: it uploads no further file and never moves latest.json."""
+        self.abandoned.set()
 
 
 def saved(prefix: str) -> list[str]:

@@ -64,6 +64,13 @@ class TrainParams:
     # half-life in images is the same at any interval (model/ema.py).
     ema_every: int = 1
     checkpoint_every_images: int = 1_000_000
+    # Minutes of wall time between checkpoints besides the image interval (0: images only):
+    # what a preemption can cost in redone work, whatever a stage's step time.
+    checkpoint_every_min: float = 0.0
+    # s from a SIGTERM (the preemption notice) to the checkpoint being complete; a save that
+    # cannot finish in it is abandoned and the stage resumes from the previous complete one.
+    preempt_grace_s: float = 30.0
+    max_preemptions: int = 10  # times a preempted stage is started again before it fails
     log_every: int = 100  # steps
     sample_prompts: tuple[str, ...] = ("a photo of a cat", "a red car on a street")
     sample_steps: int = 30  # Heun steps for the logged sample grid
@@ -85,6 +92,10 @@ class TrainParams:
         world = self.gpus_per_node * self.nodes
         if self.keep_checkpoints < 1:
             raise ValueError(f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.checkpoint_every_min < 0 or self.preempt_grace_s < 0 or self.max_preemptions < 0:
+            raise ValueError("train.checkpoint_every_min, preempt_grace_s and max_preemptions "
+                             f"must be >= 0, got {self.checkpoint_every_min}, "
+                             f"{self.preempt_grace_s} and {self.max_preemptions}")
         if self.ema_every < 1 or self.log_every < 1:
             raise ValueError(f"train.ema_every and train.log_every must be >= 1, got "
                              f"{self.ema_every} and {self.log_every}")

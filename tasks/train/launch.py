@@ -22,7 +22,7 @@ import torch.distributed as dist
 from model.io import from_pretrained
 from tasks.params import Params, load_params, params_from_env
 from tasks.train.checkpoint import download
-from tasks.train.loop import Dist, pick_device, train
+from tasks.train.loop import PREEMPTED, Dist, Preempted, pick_device, train
 
 
 def grid_device(params: Params) -> torch.device:
@@ -56,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.train.tracking import StageRun
 
         run = StageRun(params, args.stage, args.parent_run_id)
-    summary = train(params, args.stage, run.log if run else None)
+    try:
+        summary = train(params, args.stage, run.log if run else None)
+    except Preempted as notice:
+        return preempted(notice, run, args.summary)
     if main_rank:
         if run:
             grid = stage_grid(params, summary["checkpoint"])
@@ -67,6 +70,23 @@ def main(argv: list[str] | None = None) -> int:
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def preempted(notice: Preempted, run, summary: Path | None) -> int:
+    """A preempted stage: rank 0 marks its MLflow run KILLED with a preempted tag, and the
+    first rank of each node leaves the record where the launcher reads it (torchrun's own exit
+    status does not tell a preemption from a failure); the exit status is PREEMPTED."""
+    if run:
+        try:
+            run.metrics.flush()
+            run.client.set_tag(run.run_id, "preempted", f"step {notice.step}")
+            run.client.set_terminated(run.run_id, status="KILLED")
+            run.finished = True
+        except Exception as err:  # noqa: BLE001 - the checkpoint is what matters
+            print(f"warning: MLflow run not marked preempted: {err}", file=sys.stderr)
+    if summary and os.environ.get("LOCAL_RANK", "0") == "0":
+        summary.write_text(json.dumps(notice.record(), indent=2))
+    return PREEMPTED
 
 
 if __name__ == "__main__":

@@ -5,13 +5,24 @@ The step never waits on the host: batches come ready from a background thread (i
 and the loss and gradient norm stay on the device until they are read, every log_every steps
 and before each checkpoint. So a NaN loss is caught up to log_every steps after it happened,
 never after a checkpoint with NaN weights was written.
+
+Checkpoints are written in the background (checkpoint.Saver): the step waits only for the
+state's copy off the device. A SIGTERM is a preemption notice: the step in progress finishes,
+every rank stops at the same step (a stop flag is all-reduced each step on a CPU group, so no
+rank is left waiting in a collective), a checkpoint is written within train.preempt_grace_s, and
+the stage raises Preempted (launch.py exits with PREEMPTED). A save that cannot finish in the
+grace period is abandoned: the stage resumes from the last complete checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import signal
+import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,6 +48,79 @@ from tasks.train.schedule import lr_factor
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite: training stops rather than corrupt the checkpoints."""
+
+
+# Exit status of a preempted stage (EX_TEMPFAIL, "try again later"): the launcher starts it
+# again; any other non-zero status is a failure and is not retried.
+PREEMPTED = 75
+
+
+class Preempted(Exception):
+    """A SIGTERM stopped the stage at `step`; `pointer` is the checkpoint it resumes from
+    (written on the notice when `saved`, else the last complete one before it)."""
+
+    def __init__(self, stage: str, step: int, pointer: checkpoint.Pointer | None, saved: bool,
+                 save_s: float) -> None:
+        self.stage, self.step, self.pointer, self.saved, self.save_s = (stage, step, pointer,
+                                                                        saved, save_s)
+        self.lost: dict[str, Any] = {}
+        resumes = pointer.step if pointer else 0
+        super().__init__(f"stage {stage} preempted at step {step}: "
+                         + (f"checkpoint written in {save_s:.1f} s" if saved else
+                            f"checkpoint not finished within the grace period, resumes from "
+                            f"step {resumes}"))
+
+    def record(self) -> dict[str, Any]:
+        return {"preempted": True, "stage": self.stage, "step": self.step,
+                "saved_on_notice": self.saved, "save_seconds": round(self.save_s, 3),
+                "checkpoint": self.pointer.uri if self.pointer else None,
+                "resumes_from_step": self.pointer.step if self.pointer else 0, **self.lost}
+
+
+class Notice:
+    """SIGTERM as a preemption notice. The handler only records when it came; the loop stops
+    at the next step boundary. Installed from the main thread only (Python's rule)."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None  # time.monotonic() of the first SIGTERM
+        self._previous: Any = None
+
+    def __enter__(self) -> "Notice":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.at is None:
+            self.at = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class Agreement:
+    """What every rank must decide together at a step boundary: stop (any rank got the
+    notice), save now (rank 0's wall clock says the checkpoint interval is up), or stop
+    because rank 0's background save failed. One all-reduce of three ints on a gloo group:
+    host memory, so it never waits on the device."""
+
+    def __init__(self, d: "Dist") -> None:
+        self.group = dist.new_group(backend="gloo") if d.world > 1 else None
+
+    def __call__(self, stop: bool, save_due: bool, failed: bool) -> tuple[bool, bool, bool]:
+        if self.group is None:
+            return stop, save_due, failed
+        flags = torch.tensor([stop, save_due, failed], dtype=torch.int32)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.group)
+        return tuple(bool(f) for f in flags.tolist())
+
+
+def noise_seed(stage_seed: int, rank: int, step: int) -> int:
+    """The seed of one rank's noise at one step: a resumed stage draws what an uninterrupted
+    one would have, with no generator state in the checkpoint."""
+    digest = hashlib.sha256(f"{stage_seed}:{rank}:{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 @dataclass
@@ -209,14 +293,14 @@ def train(params: Params, stage_name: str, log: Logger | None = None, *,
         precond.net = torch.compile(model)
     # Captions are dropped by the loader (p = 0.1), not again by the loss.
     loss_fn = EDMLoss(p_mean=stage.p_mean, p_std=stage.p_std, caption_drop_prob=0.0)
-    generator = torch.Generator(device).manual_seed(
-        tp.stage_seed(stage) * 7919 + d.rank + state.step)
+    generator = torch.Generator(device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(stage, s),
                                                   last_epoch=state.step - 1) \
         if state.step else torch.optim.lr_scheduler.LambdaLR(optimizer,
                                                              lambda s: lr_factor(stage, s))
     next_ckpt = (state.images // tp.checkpoint_every_images + 1) * tp.checkpoint_every_images
-    started = time.monotonic()
+    started = last_save = time.monotonic()
+    first_step = state.step
     pointer = None
     position = loader.state_dict()
     meter, since, since_images = Meter(), time.monotonic(), state.images
@@ -224,34 +308,70 @@ def train(params: Params, stage_name: str, log: Logger | None = None, *,
         print(f"stage {stage.name}: {stage.steps} steps x {tp.global_batch} images "
               f"({accum} x {micro} per rank), {d.world} rank(s), resumed from step {state.step}",
               flush=True)
+    saver = checkpoint.Saver(prefix, tp.keep_checkpoints)
+    agree = Agreement(d)
     inputs = Inputs(loader, accum, device)
     try:
-        while state.step < stage.steps:
-            batches, position = inputs.next()
-            meter.add(*step(precond, loss_fn, optimizer, batches, stage, autocast, generator))
-            scheduler.step()
-            state.step += 1
-            state.images += tp.global_batch
-            save = state.images >= next_ckpt or state.step == stage.steps
-            if state.step % tp.ema_every == 0 or save:
-                ema.update(net, state.images)
-            logged = state.step % tp.log_every == 0 or state.step == 1
-            if not (save or logged):
-                continue
-            losses, norms = meter.read(stage, state.step)
-            state.losses += losses
-            if d.main and logged:
-                rate = (state.images - since_images) / max(time.monotonic() - since, 1e-9)
-                since, since_images = time.monotonic(), state.images
-                print(f"step {state.step} images {state.images} loss {losses[-1]:.4f} "
-                      f"{rate:.1f} img/s of {stage.steps} steps", flush=True)
-                if log:
-                    log({"loss": losses[-1], "grad_norm": norms[-1], "images_per_s": rate,
-                         "lr": scheduler.get_last_lr()[0]}, state.step)
-            if save:
-                pointer = _checkpoint(prefix, net, ema, optimizer, scheduler, position, state, d,
-                                      source, tp.keep_checkpoints)
-                next_ckpt += tp.checkpoint_every_images
+        with Notice() as notice:
+            while state.step < stage.steps:
+                batches, position = inputs.next()
+                generator.manual_seed(noise_seed(tp.stage_seed(stage), d.rank, state.step))
+                meter.add(*step(precond, loss_fn, optimizer, batches, stage, autocast, generator))
+                scheduler.step()
+                state.step += 1
+                state.images += tp.global_batch
+                final = state.step == stage.steps
+                due = (d.main and tp.checkpoint_every_min > 0
+                       and time.monotonic() - last_save >= tp.checkpoint_every_min * 60)
+                stop, due, failed = agree(notice.at is not None, due,
+                                          d.main and saver.error is not None)
+                if failed:
+                    saver.check()
+                    raise checkpoint.CheckpointFailed(f"rank 0 could not write a checkpoint "
+                                                      f"of stage {stage.name}")
+                save = state.images >= next_ckpt or due or final
+                # Only the last step forces an EMA update: the EMA, like the weights, never
+                # depends on when checkpoints were taken.
+                if state.step % tp.ema_every == 0 or final:
+                    ema.update(net, state.images)
+                logged = state.step % tp.log_every == 0 or state.step == 1
+                if not (save or logged or stop):
+                    continue
+                losses, norms = meter.read(stage, state.step)
+                state.losses += losses
+                if d.main and logged:
+                    rate = (state.images - since_images) / max(time.monotonic() - since, 1e-9)
+                    since, since_images = time.monotonic(), state.images
+                    print(f"step {state.step} images {state.images} loss {losses[-1]:.4f} "
+                          f"{rate:.1f} img/s of {stage.steps} steps", flush=True)
+                    if log:
+                        log({"loss": losses[-1], "grad_norm": norms[-1], "images_per_s": rate,
+                             "lr": scheduler.get_last_lr()[0]}, state.step)
+                if stop and not final:
+                    raise _preempt(stage, prefix, net, ema, optimizer, scheduler, position,
+                                   state, d, source, saver, notice.at or time.monotonic(),
+                                   tp.preempt_grace_s, started, state.step - first_step)
+                if save:
+                    snap = _snapshot(net, ema, optimizer, scheduler, position, state, d, source)
+                    if d.main:
+                        saver.submit(snap)  # waits for the save in flight: one at a time
+                    last_save = time.monotonic()
+                    while next_ckpt <= state.images:
+                        next_ckpt += tp.checkpoint_every_images
+            if d.main:
+                saver.wait()  # the last step's checkpoint: the summary names it
+                pointer = saver.pointer
+            if d.world > 1:
+                dist.barrier()  # every rank returns once the stage's checkpoint is complete
+    except BaseException as err:
+        if d.main and not isinstance(err, Preempted) and saver.busy:
+            # A stage that fails keeps the checkpoint already on its way (it was taken
+            # before the error); a preempted one already waited what its grace allowed.
+            try:
+                saver.wait()
+            except checkpoint.CheckpointFailed as failed:
+                print(failed, file=sys.stderr, flush=True)
+        raise
     finally:
         inputs.close()
     seconds = time.monotonic() - started
@@ -261,11 +381,13 @@ def train(params: Params, stage_name: str, log: Logger | None = None, *,
             "resumed_from_step": resumed_from, "seconds": seconds, "gpus": d.world,
             "corrupt_shards": sorted(loader.corrupt), "losses": state.losses,
             "micro_batch": micro, "accumulation": accum, "seed": tp.stage_seed(stage),
-            "below_min_short_side": loader.filtered}
+            "below_min_short_side": loader.filtered, "checkpoint_retries": saver.retries}
 
 
-def _checkpoint(prefix, net, ema, optimizer, scheduler, position, state, d, source, keep):
-    # Collectives under FSDP: every rank gathers, rank 0 writes.
+def _snapshot(net, ema, optimizer, scheduler, position, state, d, source
+              ) -> checkpoint.Snapshot | None:
+    """The checkpoint's contents copied off the device (collectives under FSDP: every rank
+    gathers); rank 0 gets the snapshot, the others None."""
     weights = parallel.model_weights(net)
     optimizer_state = parallel.optimizer_state(net, optimizer)
     if d.world > 1:
@@ -275,17 +397,45 @@ def _checkpoint(prefix, net, ema, optimizer, scheduler, position, state, d, sour
         dist.all_gather_object(positions, position)
         if any(p != position for p in positions):
             raise RuntimeError(f"ranks disagree on the data position: {positions}")
-    pointer = None
-    if d.main:
-        pointer = checkpoint.save(prefix, net, ema.model, {
+    if not d.main:
+        return None
+    return checkpoint.Snapshot(
+        model=net, weights=checkpoint.off_device(net.state_dict() if weights is None
+                                                 else weights),
+        ema_weights=checkpoint.off_device(ema.model.state_dict()),
+        state=checkpoint.off_device({
             "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-            "step": state.step, "images": state.images, "losses": state.losses,
+            "step": state.step, "images": state.images, "losses": list(state.losses),
             "loader": position, "ema_images": ema.images_seen,
-            "torch_rng": torch.get_rng_state()}, state.step, state.images, weights, source)
-        checkpoint.prune(prefix, keep, protected=checkpoint.sources_of_run(prefix))
-    if d.world > 1:
-        dist.barrier()
-    return pointer
+            "torch_rng": torch.get_rng_state()}),
+        step=state.step, images=state.images, source=source)
+
+
+def _preempt(stage, prefix, net, ema, optimizer, scheduler, position, state, d, source, saver,
+             notice_at: float, grace_s: float, started: float, done: int) -> Preempted:
+    """Write this step's checkpoint within the grace period from the notice, else fall back to
+    the last complete one; returns the Preempted to raise (every rank)."""
+    deadline = notice_at + grace_s
+    snap = _snapshot(net, ema, optimizer, scheduler, position, state, d, source)
+    if not d.main:
+        return Preempted(stage.name, state.step, None, False, 0.0)
+    saved = False
+    try:
+        if saver.wait(max(0.0, deadline - time.monotonic())):
+            saver.submit(snap)
+            saved = saver.wait(max(0.0, deadline - time.monotonic()))
+    except checkpoint.CheckpointFailed as err:
+        print(f"preemption checkpoint failed: {err}", flush=True)
+    if not saved:
+        saver.abandon()
+    pointer = saver.pointer if saved else checkpoint.latest(prefix)
+    result = Preempted(stage.name, state.step, pointer, saved, time.monotonic() - notice_at)
+    # The work lost: steps after the checkpoint it resumes from, at this attempt's step time.
+    lost = state.step - (pointer.step if pointer else 0)
+    result.lost = {"lost_steps": lost, "devices": d.world,
+                   "lost_seconds": round(lost * (time.monotonic() - started) / max(done, 1), 3)}
+    print(result, flush=True)
+    return result
 
 
 def _restore(params, stage, prefix, net, ema, loader, state

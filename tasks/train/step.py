@@ -24,6 +24,8 @@ from prefect import task
 from infra import s3
 from infra.settings import REPO_ROOT
 from tasks.params import Params, resolved_env
+from tasks.common import attempts
+from tasks.common.memory import device_memory
 from tasks.train import checkpoint, keys
 
 
@@ -104,9 +106,40 @@ def launch_command(params: Params, stage: str, summary: Path, parent_run_id: str
             f"--master_port={endpoint.port}", *args]
 
 
-def run_stage(params: Params, stage: str, parent_run_id: str | None = None, node_rank: int = 0,
-              endpoint: Endpoint | None = None, keep_losses: bool = False,
-              progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
+class StagePreempted(RuntimeError):
+    """The stage's ranks stopped on a preemption notice (exit status PREEMPTED, tasks/train/
+    loop.py) and left `record`: the step stopped at and the checkpoint it resumes from."""
+
+    def __init__(self, stage: str, record: dict[str, Any]) -> None:
+        self.record = record
+        super().__init__(f"training stage {stage} was preempted at step {record.get('step')}; "
+                         f"it resumes from step {record.get('resumes_from_step')}")
+
+
+def run_stage(params: Params, stage: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Train one stage (run_attempt), starting it again each time it is preempted, up to
+    train.max_preemptions times: it resumes from its latest checkpoint. Any other failure is
+    raised at once, never retried. The summary lists the preemptions."""
+    preemptions: list[dict[str, Any]] = []
+    while True:
+        try:
+            result = run_attempt(params, stage, *args, **kwargs)
+        except StagePreempted as preempted:
+            preemptions.append(preempted.record)
+            if len(preemptions) > params.train.max_preemptions:
+                raise RuntimeError(f"{preempted}: preempted {len(preemptions)} times, more than "
+                                   f"train.max_preemptions ({params.train.max_preemptions})") \
+                    from preempted
+            print(f"{preempted}: starting it again ({len(preemptions)} of at most "
+                  f"{params.train.max_preemptions} preemptions)", file=sys.stderr, flush=True)
+            continue
+        result["preemptions"] = preemptions
+        return result
+
+
+def run_attempt(params: Params, stage: str, parent_run_id: str | None = None, node_rank: int = 0,
+                endpoint: Endpoint | None = None, keep_losses: bool = False,
+                progress: Callable[[Progress], None] | None = None) -> dict[str, Any]:
     """Train one stage in a child process; returns its summary (losses left out).
 
     The child gets the params this process resolved as text with its hash, never a path of
@@ -121,25 +154,34 @@ def run_stage(params: Params, stage: str, parent_run_id: str | None = None, node
         cmd = launch_command(params, stage, summary, parent_run_id, node_rank, endpoint)
         env = {**os.environ, **resolved_env(params), "PYTHONPATH": str(REPO_ROOT),
                "MB_NODE_RANK": str(node_rank), "PYTHONUNBUFFERED": "1"}
-        started = time.monotonic()
-        with subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True,
-                              bufsize=1) as child:
-            follow(child.stdout, stage, params.train.stage(stage).steps,
-                   progress or (lambda _: None))
-        # What the devices were held for: process start to exit, start-up, data waits,
-        # compile, checkpoint uploads and the sample grid included.
-        held = time.monotonic() - started
-        if child.returncode != 0:
-            raise RuntimeError(f"training stage {stage} exited with {child.returncode} on node "
-                               f"{node_rank}; rerun to resume from its latest checkpoint")
+        # Priced whether it ends or not: a failed or killed attempt adds to the stage's cost.
+        with attempts.recorded(keys.stage_prefix(params, stage), params.train.gpus_per_node,
+                               node_rank) as attempt:
+            with subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                                  text=True, bufsize=1) as child:
+                follow(child.stdout, stage, params.train.stage(stage).steps,
+                       progress or (lambda _: None))
+            if child.returncode != 0 and summary.exists() and \
+                    json.loads(summary.read_text()).get("preempted"):
+                raise StagePreempted(stage, json.loads(summary.read_text()))
+            if child.returncode != 0:
+                raise RuntimeError(f"training stage {stage} exited with {child.returncode} on "
+                                   f"node {node_rank}; rerun to resume from its latest checkpoint")
+        # What the devices were held for (the attempt's record): process start to exit,
+        # start-up, data waits, compile, checkpoint uploads and the sample grid included.
+        held = attempt["seconds"]
         node = {"node_rank": node_rank, "host": socket.gethostname(),
-                "held_seconds": round(held, 3), "peak_rss_gib": round(
+                "held_seconds": round(held, 3), "attempt": attempt["id"],
+                "device_memory": device_memory(), "peak_rss_gib": round(
                     resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20, 3)}
         if node_rank != 0:
             return node
         result = json.loads(summary.read_text())
     result["held_seconds"] = node["held_seconds"]
     result["nodes"] = [node]
+    from tasks.train.tracking import log_stage_cost  # MLflow and torch: not in flows/
+
+    log_stage_cost(params, stage, result)
     result["loss_curve_points"] = len(result.get("losses", []))
     if not keep_losses:
         result.pop("losses", None)
@@ -175,7 +217,16 @@ class ProgressArtifact:
 
 @task(retries=1, retry_delay_seconds=10, task_run_name="train-{stage}", tags=["gpu"])
 def train_stage(params: Params, stage: str, parent_run_id: str | None = None) -> dict[str, Any]:
-    return run_stage(params, stage, parent_run_id, progress=ProgressArtifact())
+    """A preempted stage is started again inside (run_stage), so Prefect's retry below is for
+    a lost worker; each preemption is logged to the task run."""
+    from prefect import get_run_logger
+
+    result = run_stage(params, stage, parent_run_id, progress=ProgressArtifact())
+    for i, record in enumerate(result["preemptions"], 1):
+        get_run_logger().warning(f"train-{stage}: preempted at step {record['step']}, resumed "
+                                 f"from step {record['resumes_from_step']} ({i} of "
+                                 f"{len(result['preemptions'])} preemptions)")
+    return result
 
 
 def final_checkpoint(params: Params) -> str:
