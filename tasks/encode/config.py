@@ -24,6 +24,10 @@ class EncodeParams:
     resolutions: tuple[int, ...] = (256, 512)  # px, square center crops
     datasets: tuple[str, ...] = ("cc3m", "sa1b", "textcaps", "journeydb", "diffusiondb", "coco")
     batch_size: int = 32  # images per VAE forward
+    # Processes that decode JPEGs and resize them ahead of the encoders (0: in the encoding
+    # process). Per core rates for planning a node: docs/benchmarks.md, "Encode host side".
+    decode_workers: int = 0
+    compile: bool = False  # torch.compile the VAE encoder (CUDA only; CPU runs it eager)
     shards_per_unit: int = 4  # raw shards per Prefect work unit (one GPU worker each)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["fp32", "bf16", "fp16"] = "bf16"  # encoder compute dtype on GPU (CPU: fp32)
@@ -37,5 +41,7 @@ class EncodeParams:
         for name in ("batch_size", "shards_per_unit", "text_length"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"encode.{name} must be > 0, got {getattr(self, name)}")
+        if self.decode_workers < 0:
+            raise ValueError(f"encode.decode_workers must be >= 0, got {self.decode_workers}")
         if len(set(self.datasets)) != len(self.datasets):
             raise ValueError(f"encode.datasets has duplicates: {self.datasets}")

@@ -50,6 +50,8 @@ def load(params: EncodeParams) -> Encoders:
     vae = vae.to(device).eval()
     if device.type == "cuda":
         vae = vae.to(memory_format=torch.channels_last)
+        if params.compile:
+            vae.encoder = torch.compile(vae.encoder)  # the convolutions and mid-block attention
     text = CLIPTextModel.from_pretrained(resolve(params.text_encoder), torch_dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(resolve(params.tokenizer or params.text_encoder))
     return Encoders(vae=vae, text_model=text.to(device).eval(), tokenizer=tokenizer,

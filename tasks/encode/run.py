@@ -2,17 +2,26 @@
 
 A unit of work is a list of raw shard URIs; each output shard is committed atomically through
 tasks/common/shards.py, so a rerun or a retried unit skips the shards already committed.
+
+Each image is decoded once and resized to every resolution it is encoded at, in
+`encode.decode_workers` processes a window of samples ahead of the encoders; the text tower
+sees each distinct caption of a shard once. Neither changes a stored value: the samples, their
+batches and the posterior noise draws keep their order (tests/tasks/test_encode.py).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import multiprocessing
 import zlib
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Iterator
 
+import numpy as np
 import torch
 from PIL import UnidentifiedImageError
 from tqdm import tqdm
@@ -77,7 +86,8 @@ def plan_key(plan: dict[int, int]) -> dict[str, int]:
 
 # How latents are computed, not what they hold: batching, work units, placement; and the
 # dataset list and resolutions, which the resolution plan (in the key) already reflects.
-EXECUTION_ONLY = ("batch_size", "shards_per_unit", "device", "datasets", "resolutions")
+EXECUTION_ONLY = ("batch_size", "shards_per_unit", "device", "datasets", "resolutions",
+                  "decode_workers", "compile")
 
 
 def latent_shard_name(params: Params, dataset: str, raw: ShardRecord,
@@ -130,27 +140,88 @@ class ShardStats:
     errors: list[str] = field(default_factory=list)
 
 
+def prepare_image(jpg: bytes, meta: dict[str, Any],
+                  plan: dict[int, int]) -> tuple[int, dict[int, np.ndarray]] | str:
+    """Decode once and center-crop-resize to each resolution whose native-size floor the image
+    meets: (native short side, {resolution: (H, W, 3) uint8}), or why it is skipped. Runs in a
+    decode worker (module level, so it pickles) or inline."""
+    try:
+        image = decode_image(jpg)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return "bad_image"
+    short_side = native_short_side(meta, image)
+    if short_side < min(plan.values()):
+        return "below_min_short_side"
+    return short_side, {res: np.asarray(center_crop_resize(image, res))
+                        for res, min_side in plan.items() if short_side >= min_side}
+
+
+def prepared(items: Iterable[dict[str, Any]], plan: dict[int, int], pool: Executor | None,
+             window: int) -> Iterator[tuple[dict[str, Any], Any]]:
+    """(item, prepare_image result) in input order; with a pool, up to `window` items are
+    decoded ahead of the consumer (bounded: a shard's decoded images never pile up)."""
+    if pool is None:
+        for item in items:
+            yield item, prepare_image(item["jpg"], item["meta"], plan)
+        return
+    ahead: deque[tuple[dict[str, Any], Future]] = deque()
+    for item in items:
+        ahead.append((item, pool.submit(prepare_image, item["jpg"], item["meta"], plan)))
+        if len(ahead) >= window:
+            head, future = ahead.popleft()
+            yield head, future.result()
+    while ahead:
+        head, future = ahead.popleft()
+        yield head, future.result()
+
+
+@functools.lru_cache(maxsize=1)
+def decode_pool(workers: int) -> ProcessPoolExecutor | None:
+    """This process's decode workers, started once (a spawned worker imports torch, seconds)
+    and shared by the units it encodes; spawned, so a CUDA context is never forked."""
+    if not workers:
+        return None
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def _flush(enc: Encoders, params: Params, plan: dict[int, int], batch: list[dict[str, Any]],
-           out: LocalShard, generator: torch.Generator) -> None:
-    """Encode a batch: each image at the resolutions whose native-size floor it meets."""
+           out: LocalShard, generator: torch.Generator, texts: dict[str, np.ndarray]) -> None:
+    """Encode a batch: each image at the resolutions it was prepared at; `texts` holds the
+    shard's caption embeddings by caption, so a repeated caption is encoded once."""
     latents: dict[int, dict[int, Any]] = {}
-    for res, min_side in plan.items():
-        chosen = [i for i, b in enumerate(batch) if b["short_side"] >= min_side]
+    for res in plan:
+        chosen = [i for i, b in enumerate(batch) if res in b["arrays"]]
         if chosen:
-            images = torch.stack([to_tensor(center_crop_resize(batch[i]["image"], res))
-                                  for i in chosen])
+            images = torch.stack([to_tensor(batch[i]["arrays"][res]) for i in chosen])
             latents[res] = dict(zip(chosen, encode_images(enc, images, generator)))
-    text = encode_captions(enc, [b["caption"] for b in batch], params.encode.text_length)
+    new = [c for c in dict.fromkeys(b["caption"] for b in batch) if c not in texts]
+    if new:
+        texts.update(zip(new, encode_captions(enc, new, params.encode.text_length)))
     for i, b in enumerate(batch):
         sample = {f"lat{res}.npy": npy_bytes(by_index[i])
                   for res, by_index in latents.items() if i in by_index}
         meta = {**b["meta"], "native_short_side": b["short_side"]}
-        sample.update({"txtemb.npy": npy_bytes(text[i]), "txt": b["caption"], "json": meta})
+        sample.update({"txtemb.npy": npy_bytes(texts[b["caption"]]), "txt": b["caption"],
+                       "json": meta})
         out.write(b["key"], sample)
     batch.clear()
 
 
-def encode_shard(enc: Encoders, params: Params, dataset: str, raw: ShardRecord) -> ShardStats:
+def captioned(uri: str, captions: dict[str, str], params: Params,
+              stats: ShardStats) -> Iterator[dict[str, Any]]:
+    """The shard's samples with a usable caption (the others counted), image still encoded."""
+    for key, sample in iter_shard(uri, stats.errors):
+        caption = captions.get(key) or sample.get("txt", b"").decode("utf-8", "replace")
+        caption = " ".join(caption.split())
+        if len(caption) < params.encode.min_caption_chars:
+            stats.skipped["empty_caption"] += 1
+            continue
+        yield {"key": key, "caption": caption, "jpg": sample.get("jpg", b""),
+               "meta": json.loads(sample.get("json", b"{}") or b"{}")}
+
+
+def encode_shard(enc: Encoders, params: Params, dataset: str, raw: ShardRecord,
+                 pool: Executor | None = None) -> ShardStats:
     """Encode one raw shard into its keyed latent shard and commit it."""
     uri = raw.uri
     captions, caption_version = caption_sidecar(params, dataset, raw.name)
@@ -160,30 +231,22 @@ def encode_shard(enc: Encoders, params: Params, dataset: str, raw: ShardRecord) 
     # Seeded per shard: a rerun of one shard gives the same posterior samples.
     generator = torch.Generator().manual_seed(params.encode.seed * 1_000_003 + zlib.crc32(name.encode()))
     batch: list[dict[str, Any]] = []
+    # Caption -> embedding for this shard only: 1,000 distinct 77 x 1024 fp16 captions are ~160 MB.
+    texts: dict[str, np.ndarray] = {}
+    window = 4 * params.encode.batch_size
     with LocalShard() as out:
-        for key, sample in iter_shard(uri, stats.errors):
-            caption = captions.get(key) or sample.get("txt", b"").decode("utf-8", "replace")
-            caption = " ".join(caption.split())
-            if len(caption) < params.encode.min_caption_chars:
-                stats.skipped["empty_caption"] += 1
+        for item, result in prepared(captioned(uri, captions, params, stats), plan, pool, window):
+            if isinstance(result, str):
+                stats.skipped[result] += 1
                 continue
-            try:
-                image = decode_image(sample["jpg"])
-            except (KeyError, OSError, UnidentifiedImageError, ValueError):
-                stats.skipped["bad_image"] += 1
-                continue
-            meta = json.loads(sample.get("json", b"{}") or b"{}")
-            short_side = native_short_side(meta, image)
-            if short_side < min(plan.values()):
-                stats.skipped["below_min_short_side"] += 1
-                continue
-            batch.append({"key": key, "image": image, "caption": caption, "meta": meta,
-                          "short_side": short_side})
+            short_side, arrays = result
+            batch.append({"key": item["key"], "arrays": arrays, "caption": item["caption"],
+                          "meta": item["meta"], "short_side": short_side})
             if len(batch) == params.encode.batch_size:
-                _flush(enc, params, plan, batch, out, generator)
+                _flush(enc, params, plan, batch, out, generator, texts)
             stats.encoded += 1
         if batch:
-            _flush(enc, params, plan, batch, out, generator)
+            _flush(enc, params, plan, batch, out, generator, texts)
         if stats.errors:
             stats.skipped["corrupt_tar"] += len(stats.errors)
         out.close()
@@ -207,8 +270,9 @@ def encode_unit(params: Params, dataset: str, uris: list[str],
             todo.append(raw)
     enc = encoders or (load(params.encode) if todo else None)
     encoded, skipped = 0, Counter()
+    pool = decode_pool(params.encode.decode_workers) if todo else None
     for raw in tqdm(todo, desc=f"encode {dataset}", unit="shard"):
-        stats = encode_shard(enc, params, dataset, raw)
+        stats = encode_shard(enc, params, dataset, raw, pool)
         encoded += stats.encoded
         skipped.update(stats.skipped)
     return {"dataset": dataset, "shards": len(uris), "shards_encoded": len(todo),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -168,3 +169,69 @@ def test_loader_skips_and_reports_a_corrupt_shard(s3_prefix, tiny_models):
     keys = loader.next_batch()["keys"]
     assert bad in loader.corrupt
     assert all(k.startswith("c-1-") for k in keys)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decode_workers_and_caption_reuse_store_what_the_plain_path_stores(
+        s3_prefix, tiny_models, workers):
+    """Against the encode path before decode workers and caption reuse, re-done here: every
+    batch of 4 decodes each image, resizes it per resolution, draws the posterior noise in
+    resolution order from the shard's generator, and runs the text tower on all 4 captions."""
+    params = _params(s3_prefix, tiny_models, datasets=("cc3m",), decode_workers=workers)
+    params = dataclasses.replace(params, encode=dataclasses.replace(params.encode,
+                                                                    resolutions=(32, 64)))
+    # Stage 1 at 32 px reads every image, the later stages at 64 px only short sides >= 90.
+    stages = params.train.stages
+    stages = (stages[0],) + tuple(dataclasses.replace(s, resolution=64, min_short_side=90)
+                                  for s in stages[1:])
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, stages=stages))
+    prefix = raw_prefix(params, "cc3m")
+    raw = {}
+    for s in range(2):
+        with LocalShard() as out:
+            for i in range(7):
+                idx = s * 7 + i
+                caption = "" if idx == 5 else f"photo {idx % 3}"  # repeats; one skipped
+                raw[f"cc3m-{idx}"] = _jpeg(idx, size=(120, 100) if idx % 2 else (80, 64))
+                out.write(f"cc3m-{idx}", {"jpg": raw[f"cc3m-{idx}"], "txt": caption,
+                                          "json": {"id": idx}})
+            out.close()
+            commit_shard(out.path, prefix, f"{s:05d}", out.samples)
+    write_manifest("cc3m", prefix)
+
+    from tasks.common.shards import iter_shard
+    from tasks.encode.encoders import encode_captions, encode_images
+    from tasks.encode.run import encode_unit, finish, plan
+
+    enc = load(params.encode)
+    rows = []
+    enc.text_model.register_forward_hook(
+        lambda module, args, kwargs, out: rows.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True)
+    finish(params, "cc3m", [encode_unit(params, "cc3m", unit, enc)
+                            for unit in plan(params, "cc3m")])
+    manifest = read_manifest(latent_prefix(params, "cc3m"))
+    assert manifest.samples == 13
+    assert sum(rows) == 2 * 3  # each shard's three distinct captions, once each
+
+    by_res = {32: 0, 64: 90}
+    for shard in manifest.shards:
+        stored = list(iter_shard(shard.uri))
+        generator = torch.Generator().manual_seed(
+            params.encode.seed * 1_000_003 + zlib.crc32(shard.name.encode()))
+        for start in range(0, len(stored), 4):
+            batch = stored[start:start + 4]
+            images = [decode_image(raw[key]) for key, _ in batch]
+            for res, min_side in by_res.items():
+                chosen = [i for i, im in enumerate(images) if min(im.size) >= min_side]
+                assert [f"lat{res}.npy" in sample for _, sample in batch] == \
+                    [i in chosen for i in range(len(batch))]
+                if not chosen:
+                    continue
+                x = torch.stack([to_tensor(center_crop_resize(images[i], res)) for i in chosen])
+                for i, latent in zip(chosen, encode_images(enc, x, generator)):
+                    assert np.array_equal(npy_load(batch[i][1][f"lat{res}.npy"]), latent)
+            text = encode_captions(enc, [s["txt"].decode() for _, s in batch],
+                                   params.encode.text_length)
+            for (_, sample), embedding in zip(batch, text):
+                assert np.array_equal(npy_load(sample["txtemb.npy"]), embedding)
