@@ -22,6 +22,7 @@ from typing import Any
 
 from model.config import MicroDiTConfig
 from model.memory import parameter_count, peak_gib
+from tasks.common.memory import describe, device_memory
 from tasks.params import Params
 from tasks.train.config import StageParams
 
@@ -187,12 +188,24 @@ def stage_plans(params: Params) -> list[StagePlan]:
             for s in tp.stages]
 
 
-def check_memory(params: Params, plans: list[StagePlan]) -> list[str]:
-    limit = params.train.gpu_memory_gib
+def memory_limit(params: Params, memory: list[dict[str, Any]]) -> tuple[float | None, str]:
+    """The memory a stage may use per GPU and where it comes from: the smallest visible GPU's
+    own memory (tasks/common/memory.py) when it is below train.gpu_memory_gib or none is set;
+    host memory never stands in for it."""
+    limit, source = params.train.gpu_memory_gib, "train.gpu_memory_gib"
+    gpus = [m["total_gib"] for m in memory if m["device"] != "cpu"]
+    if gpus and (limit is None or min(gpus) < limit):
+        limit, source = min(gpus), f"{describe(memory)} (measured)"
+    return limit, source
+
+
+def check_memory(params: Params, plans: list[StagePlan],
+                 memory: list[dict[str, Any]] | None = None) -> list[str]:
+    limit, source = memory_limit(params, device_memory() if memory is None else memory)
     if limit is None:
         return []
     return [f"stage {p.name}: estimated peak {p.peak_gib:.1f} GiB per GPU exceeds "
-            f"train.gpu_memory_gib {limit:g} (micro-batch {p.micro_batch}, activation "
+            f"{source} {limit:g} (micro-batch {p.micro_batch}, activation "
             f"checkpointing {'on' if p.checkpointing else 'off'}): lower its micro_batch or "
             "turn on activation_checkpointing" for p in plans if p.peak_gib > limit]
 

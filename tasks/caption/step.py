@@ -46,7 +46,9 @@ def finish_caption(params: Params, dataset: str, shards: list[dict[str, Any]]) -
 def caption_on_devices(params: Params, dataset: str) -> dict[str, Any]:
     """The whole dataset on this machine's devices."""
     records = run_on_devices(__name__, params, dataset, caption_run.plan(params, dataset))
-    return caption_run.summarize(dataset, [r["result"] for r in records])
+    # The devices that ran a unit: what the ledger prices (tasks/common/cost.py).
+    return {**caption_run.summarize(dataset, [r["result"] for r in records]),
+            "devices": len({r["device"] for r in records}) or 1}
 
 
 def run(params: Params) -> dict[str, Any]:
@@ -58,4 +60,4 @@ def run(params: Params) -> dict[str, Any]:
                  if d in params.download.enabled()}
     for summary in summaries.values():
         print(caption_run.summary_markdown(summary), file=sys.stderr)
-    return summaries
+    return {**summaries, "gpus": max((s["devices"] for s in summaries.values()), default=1)}

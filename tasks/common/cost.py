@@ -1,4 +1,5 @@
-"""Pricing of compute: GPU-seconds x GPUs x $/GPU-hour, from params.yaml's cost section."""
+"""Pricing of compute, one rule for every path (CLI, DVC, Prefect, per stage, per node): device
+wall time x devices used x $/device-hour, from params.yaml's cost section."""
 
 from __future__ import annotations
 
@@ -47,3 +48,22 @@ def gpu_hours(seconds: float, gpus: int) -> float:
 def cost_usd(seconds: float, gpus: int, usd_per_gpu_hour: float) -> float:
     """Dollar cost of holding `gpus` devices for `seconds` of wall time."""
     return gpu_hours(seconds, gpus) * usd_per_gpu_hour
+
+
+@dataclass(frozen=True)
+class Price:
+    seconds: float  # device wall time
+    devices: int  # devices charged
+    device_type: str  # the price-list entry charged
+    device_hours: float
+    cost_usd: float
+
+
+def price(cost: CostParams, seconds: float, devices: int, on_gpu: bool = True) -> Price:
+    """`devices` held for `seconds`: GPU work at cost.gpu_type's rate per device; CPU work
+    (on_gpu False, or a cpu price list) as one machine, however many processes shared it."""
+    device_type = cost.gpu_type if on_gpu else "cpu"
+    devices = devices if device_type != "cpu" else 1
+    rate = cost.usd_per_gpu_hour.get(device_type, 0.0)
+    return Price(seconds, devices, device_type, gpu_hours(seconds, devices),
+                 cost_usd(seconds, devices, rate))

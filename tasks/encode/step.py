@@ -42,8 +42,11 @@ def encode_on_devices(params: Params, dataset: str) -> dict[str, Any]:
     if not resolution_plan(params, dataset):
         return not_read(params, dataset)
     records = run_on_devices(__name__, params, dataset, plan(params, dataset))
-    return finish(params, dataset, [r["result"] for r in records])
+    # The devices that ran a unit: what the ledger prices (tasks/common/cost.py).
+    return {**finish(params, dataset, [r["result"] for r in records]),
+            "devices": len({r["device"] for r in records}) or 1}
 
 
 def run(params: Params) -> dict[str, Any]:
-    return {dataset: encode_on_devices(params, dataset) for dataset in params.encode.datasets}
+    out = {dataset: encode_on_devices(params, dataset) for dataset in params.encode.datasets}
+    return {**out, "gpus": max((s.get("devices", 1) for s in out.values()), default=1)}

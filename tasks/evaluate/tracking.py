@@ -18,7 +18,6 @@ from infra.settings import mlflow_uri
 from tasks.evaluate.attributes import GROUPS
 
 
-
 def metric_names(result: dict[str, Any]) -> dict[str, str]:
     """Protocol-qualified MLflow metric names, e.g. eval/fid_n30000_256px."""
     protocol = result["protocol"]
@@ -57,17 +56,17 @@ def start_run(name: str) -> str:
 
 def log_result(run_id: str, result: dict[str, Any], grid_png: bytes) -> None:
     """Log metrics, protocol tags, the protocol/result JSON and the grid PNG to run_id."""
+    from tasks.report.tracking import log_batched, metric_entities, tag_entities
+
     client = MlflowClient(tracking_uri=mlflow_uri())
     names = metric_names(result)
-    client.log_metric(run_id, names["fid"], result["fid"])
+    metrics = {names["fid"]: result["fid"]}
     if result.get("clip_score") is not None:
-        client.log_metric(run_id, names["clip_score"], result["clip_score"])
-    for name, value in following_metrics(result).items():
-        client.log_metric(run_id, name, value)
+        metrics[names["clip_score"]] = result["clip_score"]
     key = result["protocol_hash"]
-    for field, value in result["protocol"].items():
-        client.set_tag(run_id, f"eval.{field}", str(value))
-    client.set_tag(run_id, "eval.protocol_hash", key)
+    tags = {f"eval.{field}": value for field, value in result["protocol"].items()}
+    log_batched(client, run_id, metrics=metric_entities(metrics | following_metrics(result)),
+                tags=tag_entities({**tags, "eval.protocol_hash": key}))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True))

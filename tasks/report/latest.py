@@ -58,8 +58,11 @@ def summary(client: MlflowClient, run: Run) -> str:
         path = Path(client.download_artifacts(run.info.run_id, "report/report.md", tmp))
         markdown = path.read_text()
     parts = [section(markdown, heading) for heading in SECTIONS]
-    cost = run.data.metrics.get("cost_usd")
-    tail = [f"cost: ${cost:.4f}" if cost is not None else "cost: not recorded",
+    spent, model = (run.data.metrics.get(k) for k in ("cost_usd", "model_cost_usd"))
+    cost = "cost: not recorded" if spent is None else f"cost: this run ${spent:.4f}"
+    if model is not None:
+        cost += f", the model ${model:.4f} (every attempt that produced it)"
+    tail = [cost,
             f"MLflow run (sample grid, charts): {run_url(run.info.run_id)}"]
     return "\n\n".join([*(p for p in parts if p), "\n".join(tail)])
 

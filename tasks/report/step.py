@@ -16,6 +16,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from infra.settings import mlflow_uri
+from tasks.common.cost import Price
 from tasks.params import Params
 from tasks.report.ledger import STEPS, ledger, rows_as_dicts, totals
 from tasks.report.summary import fid_curve, final_metrics, report_markdown
@@ -45,7 +46,9 @@ def register_run_model(params: Params, envelopes: list[dict[str, Any]], parent_r
     return register(parent_run_id, train["diffusers"], {
         "fid": evaluation.get("fid"), "clip_score": evaluation.get("clip_score"),
         "cost_usd": round(cost_usd, 6), "params_hash": params_hash(params),
-        "profile": params.profile, "checkpoint": evaluation.get("checkpoint")})
+        "profile": params.profile, "checkpoint": evaluation.get("checkpoint"),
+        # What it was scored at; `tasks sample` reads them from the export's model_index.json.
+        "guidance": params.evaluate.guidance, "steps": params.evaluate.steps})
 
 
 def eval_grid(envelopes: list[dict[str, Any]]) -> bytes | None:
@@ -59,9 +62,39 @@ def eval_grid(envelopes: list[dict[str, Any]]) -> bytes | None:
     return Path(path).read_bytes()
 
 
+def stage_prices(params: Params, envelopes: list[dict[str, Any]]) -> dict[str, Price]:
+    """Per training stage of the run: every attempt recorded at its checkpoint folder
+    (tasks/common/attempts.py), failed, killed and cached reruns included, priced by the one
+    rule; stages with no record are left out."""
+    from tasks.common import attempts
+    from tasks.train import keys
+    from tasks.train.tracking import stage_price
+
+    train = next((e.get("result") or {} for e in envelopes if e["step"] == "train"), {})
+    out = {}
+    for name in train.get("stages") or {}:
+        records = attempts.read(keys.stage_prefix(params, name))
+        if records:
+            out[name] = stage_price(params, records)
+    return out
+
+
+def model_prices(stages: dict[str, Price]) -> dict[str, Price]:
+    """What the model's outputs cost per step, where attempts are recorded (training)."""
+    if not stages:
+        return {}
+    prices = list(stages.values())
+    return {"train": Price(seconds=sum(p.seconds for p in prices),
+                           devices=max(p.devices for p in prices),
+                           device_type=prices[0].device_type,
+                           device_hours=sum(p.device_hours for p in prices),
+                           cost_usd=sum(p.cost_usd for p in prices))}
+
+
 def report(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str) -> dict[str, Any]:
     """Log every step as a nested run, close the parent with the cost table; return the report."""
-    rows = ledger(envelopes, params.cost)
+    stages = stage_prices(params, envelopes)
+    rows = ledger(envelopes, params.cost, model_prices(stages))
     for row, env in zip(rows, envelopes):
         log_step_run(parent_run_id, row, env.get("result") or {})
     metrics = final_metrics(envelopes)
@@ -85,8 +118,9 @@ def report(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str) 
     return {"mlflow_run_id": parent_run_id, "mlflow_url": link, "grid_url": grid_link,
             "cost": rows_as_dicts(rows), "planned": planned,
             "model_version": register_run_model(params, envelopes, parent_run_id,
-                                                totals(rows)["cost_usd"]),
+                                                totals(rows)["model_cost_usd"]),
             "totals": totals(rows), "metrics": metrics, "fid_curve": curve,
+            "flat_metrics": flat_metrics(params, envelopes, rows, stages),
             "markdown": markdown}
 
 
@@ -142,7 +176,6 @@ def run(params: Params) -> dict[str, Any]:
     markdown = params.storage.out_path("report.md")
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text(result["markdown"])
-    rows = ledger(envelopes, params.cost)
     params.storage.out_path("metrics.json").write_text(
-        json.dumps(flat_metrics(params, envelopes, rows), indent=2, sort_keys=True) + "\n")
+        json.dumps(result["flat_metrics"], indent=2, sort_keys=True) + "\n")
     return {k: v for k, v in result.items() if k != "markdown"}

@@ -7,15 +7,18 @@ its own wall time, cost and summary.
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 import json
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+from urllib.parse import quote
 
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.validation import (MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH,
+                                     MAX_PARAMS_TAGS_PER_BATCH)
 
 from infra.config import flatten, to_dict
 from infra.settings import mlflow_uri
@@ -42,6 +45,37 @@ def experiment_id(client: MlflowClient) -> str:
     return found.experiment_id
 
 
+def log_batched(client: MlflowClient, run_id: str, metrics: Iterable[Metric] = (),
+                params: Iterable[Param] = (), tags: Iterable[RunTag] = ()) -> int:
+    """Everything in as few log_batch requests as MLflow's per-request limits allow (one
+    request instead of one per value); returns the number of requests sent."""
+    metrics, params, tags = list(metrics), list(params), list(tags)
+    requests = 0
+    while metrics or params or tags:
+        some_params, some_tags = params[:MAX_PARAMS_TAGS_PER_BATCH], tags[:MAX_PARAMS_TAGS_PER_BATCH]
+        room = min(MAX_METRICS_PER_BATCH,
+                   MAX_ENTITIES_PER_BATCH - len(some_params) - len(some_tags))
+        client.log_batch(run_id, metrics=metrics[:room], params=some_params, tags=some_tags)
+        metrics, params = metrics[room:], params[len(some_params):]
+        tags = tags[len(some_tags):]
+        requests += 1
+    return requests
+
+
+def param_entities(values: dict[str, Any]) -> list[Param]:
+    # MLflow caps a param value at 6000 characters; params.yaml values are far shorter.
+    return [Param(key, str(value)[:500]) for key, value in values.items()]
+
+
+def metric_entities(metrics: dict[str, float], step: int = 0) -> list[Metric]:
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, step) for key, value in metrics.items()]
+
+
+def tag_entities(tags: dict[str, Any]) -> list[RunTag]:
+    return [RunTag(key, str(value)) for key, value in tags.items()]
+
+
 def params_hash(params: Params) -> str:
     from tasks.common.keys import digest
 
@@ -54,9 +88,7 @@ def start_pipeline_run(params: Params, name: str, tags: dict[str, str] | None = 
     run = client.create_run(experiment_id(client), run_name=name,
                             tags={"profile": params.profile, "kind": "pipeline",
                                   "params_hash": params_hash(params), **(tags or {})})
-    for key, value in flatten(to_dict(params)).items():
-        # MLflow caps a param value at 6000 characters; params.yaml values are far shorter.
-        client.log_param(run.info.run_id, key, str(value)[:500])
+    log_batched(client, run.info.run_id, params=param_entities(flatten(to_dict(params))))
     return run.info.run_id
 
 
@@ -77,8 +109,8 @@ def supersede_stale_runs(params: Params, run_id: str) -> list[dict[str, str]]:
         folder = run.data.tags.get("pipeline_folder", "")
         done = [step for step in ("download", "caption", "encode", "train", "evaluate")
                 if folder and _exists(f"{folder}/{step}.json")]
-        client.set_tag(run.info.run_id, "stopped_at", f"after {done[-1]}" if done else "start")
-        client.set_tag(run.info.run_id, "superseded_by", run_id)
+        log_batched(client, run.info.run_id, tags=tag_entities(
+            {"stopped_at": f"after {done[-1]}" if done else "start", "superseded_by": run_id}))
         client.set_terminated(run.info.run_id, status="KILLED")
         out.append({"run_id": run.info.run_id, "folder": folder})
         out += _earlier_attempts(client, run)
@@ -112,10 +144,11 @@ def log_step_run(parent_id: str, row: LedgerRow, result: dict[str, Any]) -> str:
                             tags={MLFLOW_PARENT_RUN_ID: parent_id, "kind": "step",
                                   "step": row.step, "profile": parent.data.tags.get("profile", "")})
     run_id = run.info.run_id
-    client.log_metric(run_id, "seconds", row.seconds)
-    client.log_metric(run_id, "device_hours", row.device_hours)
-    client.log_metric(run_id, "cost_usd", row.cost_usd)
-    client.set_tag(run_id, "device_type", row.device_type)
+    log_batched(client, run_id,
+                metrics=metric_entities({"seconds": row.seconds, "device_hours": row.device_hours,
+                                         "cost_usd": row.cost_usd,
+                                         "model_cost_usd": row.model_cost_usd}),
+                tags=tag_entities({"device_type": row.device_type}))
     client.log_dict(run_id, result, f"{row.step}_summary.json")
     client.set_terminated(run_id)
     return run_id
@@ -131,23 +164,24 @@ def finish_pipeline_run(parent_id: str, rows: list[LedgerRow], metrics: dict[str
     the cost chart and the report, then close it."""
     client = _client()
     total = totals(rows)
+    values: dict[str, float] = {}
     for row in rows:
-        client.log_metric(parent_id, f"cost_usd/{row.step}", row.cost_usd)
-        client.log_metric(parent_id, f"device_hours/{row.step}", row.device_hours)
+        values |= {f"cost_usd/{row.step}": row.cost_usd,
+                   f"device_hours/{row.step}": row.device_hours}
     for step, plan in (planned or {}).items():
-        client.log_metric(parent_id, f"planned_cost_usd/{step}", plan["cost_usd"])
-        client.log_metric(parent_id, f"planned_device_hours/{step}", plan["device_hours"])
+        values |= {f"planned_cost_usd/{step}": plan["cost_usd"],
+                   f"planned_device_hours/{step}": plan["device_hours"]}
     if planned:
-        client.log_metric(parent_id, "planned_cost_usd",
-                          sum(p["cost_usd"] for p in planned.values()))
-    client.log_metric(parent_id, "cost_usd", total["cost_usd"])
-    client.log_metric(parent_id, "device_hours", total["device_hours"])
-    client.log_metric(parent_id, "wall_seconds", total["seconds"])
-    for key, value in metrics.items():
-        client.log_metric(parent_id, key, value)
-    for point in fid_curve or []:  # MLflow's chart of it has images seen on the x axis
-        client.log_metric(parent_id, "eval/fid_by_images_seen", point["fid"],
-                          step=point["images_seen"])
+        values["planned_cost_usd"] = sum(p["cost_usd"] for p in planned.values())
+    values |= {"cost_usd": total["cost_usd"], "device_hours": total["device_hours"],
+               "model_cost_usd": total["model_cost_usd"],
+               "model_device_hours": total["model_device_hours"],
+               "wall_seconds": total["seconds"], **metrics}
+    # MLflow's chart of the FID curve has images seen on the x axis.
+    curve = [m for point in fid_curve or []
+             for m in metric_entities({"eval/fid_by_images_seen": point["fid"]},
+                                      step=point["images_seen"])]
+    log_batched(client, parent_id, metrics=metric_entities(values) + curve)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "cost_table.json").write_text(json.dumps(rows_as_dicts(rows), indent=2))
@@ -171,8 +205,8 @@ def fail_pipeline_run(parent_id: str, step: str, message: str,
     client = _client()
     if client.get_run(parent_id).info.status != "RUNNING":
         return
-    client.set_tag(parent_id, "stopped_at", step)
-    client.set_tag(parent_id, "error", message.splitlines()[0][:500] if message else "")
+    log_batched(client, parent_id, tags=tag_entities(
+        {"stopped_at": step, "error": message.splitlines()[0][:500] if message else ""}))
     client.log_text(parent_id, message, "report/error.txt")
     client.set_terminated(parent_id, status=status)
 

@@ -23,6 +23,8 @@ from prefect import task
 
 from infra import s3
 from infra.settings import REPO_ROOT
+from tasks.common import attempts
+from tasks.common.memory import device_memory
 from tasks.params import Params, resolved_env
 from tasks.train import checkpoint, keys
 
@@ -152,28 +154,34 @@ def run_attempt(params: Params, stage: str, parent_run_id: str | None = None, no
         cmd = launch_command(params, stage, summary, parent_run_id, node_rank, endpoint)
         env = {**os.environ, **resolved_env(params), "PYTHONPATH": str(REPO_ROOT),
                "MB_NODE_RANK": str(node_rank), "PYTHONUNBUFFERED": "1"}
-        started = time.monotonic()
-        with subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True,
-                              bufsize=1) as child:
-            follow(child.stdout, stage, params.train.stage(stage).steps,
-                   progress or (lambda _: None))
-        # What the devices were held for: process start to exit, start-up, data waits,
-        # compile, checkpoint uploads and the sample grid included.
-        held = time.monotonic() - started
-        if child.returncode != 0 and summary.exists() and \
-                json.loads(summary.read_text()).get("preempted"):
-            raise StagePreempted(stage, json.loads(summary.read_text()))
-        if child.returncode != 0:
-            raise RuntimeError(f"training stage {stage} exited with {child.returncode} on node "
-                               f"{node_rank}; rerun to resume from its latest checkpoint")
+        # Priced whether it ends or not: a failed or killed attempt adds to the stage's cost.
+        with attempts.recorded(keys.stage_prefix(params, stage), params.train.gpus_per_node,
+                               node_rank) as attempt:
+            with subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                                  text=True, bufsize=1) as child:
+                follow(child.stdout, stage, params.train.stage(stage).steps,
+                       progress or (lambda _: None))
+            if child.returncode != 0 and summary.exists() and \
+                    json.loads(summary.read_text()).get("preempted"):
+                raise StagePreempted(stage, json.loads(summary.read_text()))
+            if child.returncode != 0:
+                raise RuntimeError(f"training stage {stage} exited with {child.returncode} on "
+                                   f"node {node_rank}; rerun to resume from its latest checkpoint")
+        # What the devices were held for (the attempt's record): process start to exit,
+        # start-up, data waits, compile, checkpoint uploads and the sample grid included.
+        held = attempt["seconds"]
         node = {"node_rank": node_rank, "host": socket.gethostname(),
-                "held_seconds": round(held, 3), "peak_rss_gib": round(
+                "held_seconds": round(held, 3), "attempt": attempt["id"],
+                "device_memory": device_memory(), "peak_rss_gib": round(
                     resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20, 3)}
         if node_rank != 0:
             return node
         result = json.loads(summary.read_text())
     result["held_seconds"] = node["held_seconds"]
     result["nodes"] = [node]
+    from tasks.train.tracking import log_stage_cost  # MLflow and torch: not in flows/
+
+    log_stage_cost(params, stage, result)
     result["loss_curve_points"] = len(result.get("losses", []))
     if not keep_losses:
         result.pop("losses", None)

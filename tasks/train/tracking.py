@@ -1,23 +1,97 @@
-"""MLflow for a training stage: a run nested under the pipeline run, priced from params.yaml."""
+"""MLflow for a training stage: a run nested under the pipeline run, logged in batches.
+
+The training loop hands its metrics to `StageRun.log`, which only queues them: a background
+thread sends them with `log_batch` every 30 s, so a step never waits on the tracking
+server (style.md, 12). The queue is flushed when the stage finishes and, through atexit, when
+the process ends without finishing (the run is then marked FAILED, its metrics kept). The
+stage's price is logged by the process that held the devices (tasks/train/step.py), which
+alone knows how long it held them.
+"""
 
 from __future__ import annotations
 
+import atexit
 import io
+import queue
+import sys
+import threading
+import time
+from dataclasses import asdict
 from typing import Any
 
 import torch
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
 from infra.config import flatten, to_dict
 from infra.settings import mlflow_uri
-from tasks.common.cost import cost_usd, gpu_hours
+from tasks.common.cost import Price, price
 from tasks.params import Params
-from tasks.report.tracking import experiment_id
+from tasks.report.tracking import (experiment_id, log_batched, metric_entities,
+                                   param_entities, tag_entities)
+
+_TICK = object()  # the queue's "interval over" marker
+
+
+class MetricQueue:
+    """Metrics queued by the caller and sent by one background thread in log_batch calls,
+    at most every `every_s` seconds (sooner when a batch fills)."""
+
+    def __init__(self, client: MlflowClient, run_id: str, every_s: float = 30.0) -> None:
+        self.client, self.run_id, self.every_s = client, run_id, every_s
+        self._queue: queue.Queue[Metric | threading.Event | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._drain, name="mlflow-metrics", daemon=True)
+        self._thread.start()
+
+    def put(self, metrics: dict[str, float], step: int) -> None:
+        for metric in metric_entities(metrics, step):
+            self._queue.put(metric)
+
+    def flush(self) -> None:
+        """Send everything queued so far; returns once the server has it (or refused it)."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _drain(self) -> None:
+        pending: list[Metric] = []
+        deadline = time.monotonic() + self.every_s
+        while True:
+            try:
+                item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                item = _TICK  # the interval ran out: send what is pending
+            if isinstance(item, Metric):
+                pending.append(item)
+                if len(pending) < MAX_METRICS_PER_BATCH:
+                    continue
+            self._send(pending)
+            pending = []
+            deadline = time.monotonic() + self.every_s
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item is None:
+                return
+
+    def _send(self, pending: list[Metric]) -> None:
+        if not pending:
+            return
+        try:
+            log_batched(self.client, self.run_id, metrics=pending)
+        except Exception as err:  # noqa: BLE001 - a tracking outage must not stop training
+            print(f"warning: {len(pending)} metric values of MLflow run {self.run_id} were "
+                  f"not logged: {err}", file=sys.stderr, flush=True)
 
 
 class StageRun:
-    def __init__(self, params: Params, stage: str, parent_run_id: str | None) -> None:
+    def __init__(self, params: Params, stage: str, parent_run_id: str | None,
+                 every_s: float = 30.0) -> None:
         self.client = MlflowClient(tracking_uri=mlflow_uri())
         tags = {"kind": "train-stage", "stage": stage, "profile": params.profile}
         if parent_run_id:
@@ -27,23 +101,68 @@ class StageRun:
         self.run_id = run.info.run_id
         stage_params = to_dict(params.train.stage(stage))
         train = {k: v for k, v in to_dict(params.train).items() if k != "stages"}
-        for key, value in flatten({"stage": stage_params, "train": train}).items():
-            self.client.log_param(self.run_id, key, str(value)[:500])
+        log_batched(self.client, self.run_id,
+                    params=param_entities(flatten({"stage": stage_params, "train": train})))
+        self.metrics = MetricQueue(self.client, self.run_id, every_s)
+        self.finished = False
+        atexit.register(self.close)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        for key, value in metrics.items():
-            self.client.log_metric(self.run_id, key, value, step=step)
+        """The training loop's logger: queues, never waits on the server."""
+        self.metrics.put(metrics, step)
 
     def finish(self, params: Params, summary: dict[str, Any], grid_png: bytes | None) -> None:
-        gpus, seconds = summary["gpus"], summary["seconds"]
-        device = params.cost.gpu_type
-        self.client.log_metric(self.run_id, "gpu_hours", gpu_hours(seconds, gpus))
-        self.client.log_metric(self.run_id, "cost_usd",
-                               cost_usd(seconds, gpus, params.cost.usd_per_gpu_hour[device]))
-        self.client.set_tag(self.run_id, "checkpoint_uri", summary["checkpoint"])
+        self.metrics.flush()
+        log_batched(self.client, self.run_id,
+                    metrics=metric_entities({"loop_seconds": summary["seconds"]}),
+                    tags=[RunTag("checkpoint_uri", summary["checkpoint"])])
         if grid_png:
             self.client.log_image(self.run_id, _png_array(grid_png), "samples_grid.png")
         self.client.set_terminated(self.run_id)
+        self.finished = True
+
+    def close(self) -> None:
+        """At process exit: send what is queued; a run not finished by then ends FAILED."""
+        self.metrics.close()
+        if not self.finished:
+            self.client.set_terminated(self.run_id, status="FAILED")
+            self.finished = True
+        atexit.unregister(self.close)
+
+
+def stage_price(params: Params, records: list[dict[str, Any]]) -> Price:
+    """Attempts of a stage (tasks/common/attempts.py) priced by the one rule and summed: each
+    attempt's held seconds x its devices x the rate."""
+    prices = [price(params.cost, float(r["seconds"]), int(r["devices"])) for r in records]
+    return Price(seconds=sum(p.seconds for p in prices),
+                 devices=max((p.devices for p in prices), default=1),
+                 device_type=prices[0].device_type if prices else params.cost.gpu_type,
+                 device_hours=sum(p.device_hours for p in prices),
+                 cost_usd=sum(p.cost_usd for p in prices))
+
+
+def log_stage_cost(params: Params, stage: str, result: dict[str, Any]) -> None:
+    """What the stage cost, on its own MLflow run and in its summary: this attempt (the
+    devices' held wall time, start-up and uploads included, not the loop's seconds only) and
+    every attempt at the same checkpoint folder (failed, killed and cached reruns included)."""
+    from tasks.common import attempts
+    from tasks.train import keys
+
+    records = attempts.read(keys.stage_prefix(params, stage))
+    ids = {node["attempt"] for node in result["nodes"]}
+    this = stage_price(params, [r for r in records if r["id"] in ids])
+    every = stage_price(params, records)
+    result["cost"] = {"attempt": asdict(this), "all_attempts": asdict(every),
+                      "attempts": len(records),
+                      "failed_attempts": sum(r["status"] != "finished" for r in records)}
+    run_id = result.get("mlflow_run_id")
+    if run_id:
+        log_batched(MlflowClient(tracking_uri=mlflow_uri()), run_id, metrics=metric_entities({
+            "device_seconds": this.seconds, "devices": this.devices,
+            "gpu_hours": this.device_hours, "cost_usd": this.cost_usd,
+            "gpu_hours_all_attempts": every.device_hours,
+            "cost_usd_all_attempts": every.cost_usd, "attempts": len(records)}),
+            tags=tag_entities({"device_type": this.device_type}))
 
 
 def _png_array(data: bytes):
@@ -55,7 +174,8 @@ def _png_array(data: bytes):
 
 @torch.no_grad()
 def sample_grid(params: Params, ema_model: torch.nn.Module) -> bytes:
-    """Fixed prompts through the EMA weights, the Heun sampler and the VAE decoder, as a PNG."""
+    """Fixed prompts through the EMA weights, the Heun sampler and the VAE decoder, as a PNG
+    with each tile labelled by its prompt."""
     from model.edm import EDMPrecond, edm_heun_sampler, sample_noise
     from tasks.evaluate.encoders import load_encoders
     from tasks.evaluate.grid import grid_png
@@ -72,5 +192,4 @@ def sample_grid(params: Params, ema_model: torch.nn.Module) -> bytes:
     vae = encoders.vae
     images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
     return grid_png([((img.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-                     for img in images])
-
+                     for img in images], prompts)

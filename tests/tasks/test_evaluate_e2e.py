@@ -8,6 +8,7 @@ score.
 from __future__ import annotations
 
 import io
+import math
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from PIL import Image
 from infra import s3
 from tasks.common.shards import done_records
 from tasks.evaluate.encoders import load_encoders
+from tasks.evaluate.grid import LABELLED_MIN_PX
 from tasks.evaluate.generate import check_compatible, fetch_checkpoint, load_ema_model
 from tasks.evaluate.score import evaluate
 from tests.tasks.evaluate_helpers import (NUM_REAL, RESOLUTION, make_params, save_models,
@@ -51,8 +53,9 @@ def test_evaluates_a_checkpoint_end_to_end(first):
     assert protocol["weights"] == "ema" and protocol["steps"] == 2
     assert protocol["feature_network"].startswith("default_1.pt:sha256:")
     grid = Image.open(io.BytesIO(first.grid_png))
-    side = 2 * RESOLUTION + 3 * 2  # 4 samples, 2x2, 2 px padding
-    assert grid.size == (side, side)
+    scale = math.ceil(LABELLED_MIN_PX / RESOLUTION)  # labelled tiles are enlarged
+    assert grid.size[0] == 2 * RESOLUTION * scale + 3 * 2  # 4 samples, 2x2, 2 px padding
+    assert grid.size[1] > grid.size[0]  # each tile's prompt written under it
     assert s3.exists(result["real_stats"])
     assert result["generation"]["checkpoint"] == result["checkpoint_digest"]
 

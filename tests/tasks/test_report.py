@@ -64,6 +64,9 @@ def test_report_logs_parent_and_nested_runs(mlflow_service, tmp_path):
     assert rate > 0
     assert run.data.metrics["cost_usd"] == pytest.approx(42 / 3600 * rate, rel=1e-9)
     assert run.data.metrics["cost_usd/download"] == pytest.approx(12 / 3600 * rate, rel=1e-9)
+    # No attempts recorded for these steps: the model cost what this run spent.
+    assert run.data.metrics["model_cost_usd"] == pytest.approx(run.data.metrics["cost_usd"])
+    assert "This run spent $" in result["markdown"] and "the model cost $" in result["markdown"]
     children = client.search_runs([run.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent}'")
     assert sorted(c.data.tags["step"] for c in children) == ["download", "evaluate"]
@@ -127,7 +130,7 @@ def test_the_latest_finished_run_prints_its_prompt_following_and_link(mlflow_ser
     text = summary(client, run)
     assert "| seen pairs | 35 | 85.7% | 100.0% | 100.0% | 85.7% |" in text
     assert "| held-out pairs | 13 |" in text and "| chance | | 33.3% | 25.0% | 25.0% | 2.1% |" in text
-    assert parent in text and "cost: $" in text
+    assert parent in text and "cost: this run $" in text and "the model $" in text
     assert latest_pipeline_run(client, "no-such-profile") is None
 
 
