@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from tasks.evaluate.attributes import GROUPS
 from tasks.params import Params, load_params
 
 ATTRIBUTES = ("shape", "color", "position", "all")
@@ -68,18 +69,20 @@ def train_and_score(params: Params, guidances: list[float]) -> dict[str, Any]:
         ev = dataclasses.replace(params.evaluate, checkpoint=checkpoint, guidance=guidance)
         result = evaluate(dataclasses.replace(params, evaluate=ev), checkpoint,
                           load_encoders).result
+        following = result["prompt_following"]
         scores[str(guidance)] = {"fid": result["fid"],
-                                 "seen": result["prompt_following"]["seen"],
-                                 "held_out": result["prompt_following"]["held_out"]}
+                                 **{group: following[group] for group in GROUPS}}
     return {"seed": params.train.seed, "checkpoint": checkpoint,
             "train_seconds": round(sum(s["seconds"] for s in summaries), 1), "scores": scores}
 
 
-def spread(rows: list[dict[str, Any]], guidance: str) -> dict[str, dict[str, float]]:
-    """Mean, min and max over seeds of each seen-prompt attribute score at one guidance."""
+def spread(rows: list[dict[str, Any]], guidance: str, group: str = "report"
+           ) -> dict[str, dict[str, float]]:
+    """Mean, min and max over seeds of each attribute score of one prompt group (the report
+    set unless named; tasks/evaluate/attributes.GROUPS) at one guidance."""
     out = {}
     for name in ATTRIBUTES:
-        values = [row["scores"][guidance]["seen"][name] for row in rows]
+        values = [row["scores"][guidance][group][name] for row in rows]
         out[name] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
     return out
 
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)},
                                             "rows": rows}, indent=1))
     for guidance in map(str, guidances):
-        print(f"guidance {guidance}: " + json.dumps(spread(rows, guidance)))
+        for group in ("report", "seen"):
+            print(f"guidance {guidance}, {group}: " + json.dumps(spread(rows, guidance, group)))
 
 
 if __name__ == "__main__":
