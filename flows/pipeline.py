@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 from prefect import flow, get_client, get_run_logger, task
 from prefect.deployments import run_deployment
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.states import State
 
@@ -78,15 +79,26 @@ def step_progress(client: Any, run_id: Any) -> str | None:
     return found[0].description if found else None
 
 
+def announce(kind: str, step: str, text: str) -> None:
+    """Log `text` and emit it as a `micro-budget.step.<kind>` event of this flow run, named
+    `text`: `prefect deployment run --watch` prints a flow run's events (event and resource
+    name), not its logs."""
+    get_run_logger().info("%s", text)
+    run_id = flow_run.get_id()
+    if run_id:
+        emit_event(event=f"micro-budget.step.{kind}",
+                   resource={"prefect.resource.id": f"micro-budget.step.{run_id}.{step}",
+                             "prefect.resource.name": text},
+                   related=[{"prefect.resource.id": f"prefect.flow-run.{run_id}",
+                             "prefect.resource.role": "flow-run"}])
+
+
 def wait_logging_progress(step: str, run_id: Any, name: str, every_s: float = 30.0,
                           quiet_s: float = 10.0, poll_s: float = 2.0) -> Any:
-    """The step flow run's final state; meanwhile a log line with its state, elapsed time and
-    progress at least every `every_s` seconds, and when the progress has changed, at most
-    every `quiet_s` seconds (always the last progress before the step ends).
-
-    `prefect deployment run micro-budget/full --watch` prints this flow's logs and events, not
-    the step's, so this is where a watcher sees where a long step is."""
-    logger = get_run_logger()
+    """The step flow run's final state; meanwhile its state, elapsed time and progress
+    (`announce`d: a log line and an event) at least every `every_s` seconds, and when the
+    progress has changed, at most every `quiet_s` seconds (always the last progress before the
+    step ends). The step's own logs and events never reach a watcher of this flow run."""
     started = last = time.monotonic()
     said = None
     with get_client(sync_client=True) as client:
@@ -98,9 +110,9 @@ def wait_logging_progress(step: str, run_id: Any, name: str, every_s: float = 30
             now = time.monotonic()
             if now - last >= every_s or (fresh and (final or now - last >= quiet_s)):
                 last, said = now, progress
-                logger.info("step %s: %s%s for %.0f s (flow run %s)", step,
-                            f"{progress}; " if progress else "",
-                            state.name if state else "pending", now - started, name)
+                announce("progress", step, f"step {step}: {progress + '; ' if progress else ''}"
+                         f"{state.name if state else 'pending'} for {now - started:.0f} s "
+                         f"(flow run {name})")
             if final:
                 return state
             time.sleep(poll_s)
@@ -132,12 +144,12 @@ def one_at_a_time(params: Params) -> Iterator[None]:
             pass
         busy = client.read_global_concurrency_limit_by_name(name).active_slots > 0
     if busy:
-        get_run_logger().info("another pipeline run of run %s is in progress (concurrency "
-                              "limit %s): waiting for it to end", params.train.run_name, name)
+        announce("waiting", "all", f"another pipeline run of run {params.train.run_name} is in "
+                                   f"progress (concurrency limit {name}): waiting for it to end")
     with concurrency(name, occupy=1, lease_duration=LEASE_S, strict=True):
         if busy:
-            get_run_logger().info("the other pipeline run of run %s has ended: starting",
-                                  params.train.run_name)
+            announce("waited", "all", f"the other pipeline run of run {params.train.run_name} "
+                                      "has ended: starting")
         yield
 
 
@@ -165,7 +177,6 @@ def pipeline(profile: str | None = None, params_path: str | None = None,
 def run_steps(params: Params, chosen: list[str],
               allow_over_budget: bool) -> dict[str, Any] | State:
     """The chosen steps in order under one MLflow parent run, then the report."""
-    logger = get_run_logger()
     name = flow_run.get_name() or "local"
     folder = params.storage.uri(params.storage.pipeline_prefix, flow_run.get_id() or name)
     parent, previous = open_pipeline_run(params, f"{params.profile}-{name}", folder)
@@ -174,10 +185,10 @@ def run_steps(params: Params, chosen: list[str],
         check_budget(params, allow_over_budget)
         for step in (s for s in STEPS if s in chosen):
             current = step
-            logger.info("step %s starting (%d of %d)", step, chosen.index(step) + 1,
-                        len(chosen))
+            announce("started", step, f"step {step} starting ({chosen.index(step) + 1} of "
+                                      f"{len(chosen)})")
             envelopes.append(run_step_on_pool(step, f"{folder}/{step}.json", params, parent))
-            logger.info("step %s done in %.1f s", step, envelopes[-1]["seconds"])
+            announce("finished", step, f"step {step} done in {envelopes[-1]['seconds']:.1f} s")
     except BaseException as err:
         # The MLflow parent run ends FAILED with the step that stopped it, never RUNNING.
         fail_pipeline_run(parent, current, str(err))
