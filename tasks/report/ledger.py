@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tasks.common.cost import CostParams, Price, price
+from tasks.common.memory import describe
 
 STEPS = ("download", "caption", "encode", "train", "evaluate")
 GPU_STEPS = ("caption", "encode", "train", "evaluate")
@@ -32,6 +33,7 @@ class LedgerRow:
     cost_usd: float  # this run
     model_device_hours: float  # every attempt at the step's outputs
     model_cost_usd: float
+    device_memory: str = ""  # per device, as the step's nodes measured it (training)
 
 
 def envelope(step: str, result: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -44,10 +46,12 @@ def ledger_row(env: dict[str, Any], cost: CostParams, model: Price | None = None
     seconds = float(result.get("gpu_seconds_per_device", env["seconds"]))
     spent = price(cost, seconds, int(result.get("gpus", 1)), on_gpu=step in GPU_STEPS)
     model = model if model is not None and model.cost_usd >= spent.cost_usd else spent
+    nodes = [n for stage in (result.get("stages") or {}).values() for n in stage.get("nodes", [])]
+    memory = next((describe(n["device_memory"]) for n in nodes if n.get("device_memory")), "")
     return LedgerRow(step=step, seconds=float(env["seconds"]), devices=spent.devices,
                      device_type=spent.device_type, device_hours=spent.device_hours,
                      cost_usd=spent.cost_usd, model_device_hours=model.device_hours,
-                     model_cost_usd=model.cost_usd)
+                     model_cost_usd=model.cost_usd, device_memory=memory)
 
 
 def ledger(envelopes: list[dict[str, Any]], cost: CostParams,
@@ -65,12 +69,13 @@ def totals(rows: list[LedgerRow]) -> dict[str, float]:
 
 def ledger_markdown(rows: list[LedgerRow]) -> str:
     total = totals(rows)
-    lines = ["| step | wall time (s) | devices | type | device-hours | this run (USD) | "
-             "model, all attempts (USD) |", "|---|---:|---:|---|---:|---:|---:|"]
+    lines = ["| step | wall time (s) | devices | type | device memory | device-hours | "
+             "this run (USD) | model, all attempts (USD) |",
+             "|---|---:|---:|---|---|---:|---:|---:|"]
     lines += [f"| {r.step} | {r.seconds:.1f} | {r.devices} | {r.device_type} | "
-              f"{r.device_hours:.4f} | {r.cost_usd:.4f} | {r.model_cost_usd:.4f} |"
-              for r in rows]
-    lines.append(f"| **total** | {total['seconds']:.1f} | | | {total['device_hours']:.4f} | "
+              f"{r.device_memory or '-'} | {r.device_hours:.4f} | {r.cost_usd:.4f} | "
+              f"{r.model_cost_usd:.4f} |" for r in rows]
+    lines.append(f"| **total** | {total['seconds']:.1f} | | | | {total['device_hours']:.4f} | "
                  f"**{total['cost_usd']:.4f}** | **{total['model_cost_usd']:.4f}** |")
     return "\n".join([f"This run spent ${total['cost_usd']:.4f}; the model cost "
                        f"${total['model_cost_usd']:.4f} (every attempt that produced its "

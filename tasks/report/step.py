@@ -23,8 +23,8 @@ from tasks.report.summary import fid_curve, final_metrics, report_markdown
 from tasks.report.chart import cost_chart, fid_chart, planned_markdown
 from tasks.report.dvc_metrics import flat_metrics
 from tasks.report.tracking import (CHART_PATH, FID_CHART_PATH, GRID_PATH, artifact_url,
-                                   finish_pipeline_run, log_step_run, run_url,
-                                   start_pipeline_run)
+                                   finish_pipeline_run, log_batched, log_step_run,
+                                   metric_entities, run_url, start_pipeline_run)
 
 def planned_by_step(params: Params) -> dict[str, dict[str, float]]:
     """The plan's device-hours and dollars per step, for planned-vs-actual."""
@@ -143,11 +143,12 @@ def report_pipeline(params: Params, envelopes: list[dict[str, Any]], parent_run_
     if previous:
         # Killed attempts of the same pipeline: their cost adds up here, in one place.
         earlier = previous_costs(params, previous)
-        client = MlflowClient(tracking_uri=mlflow_uri())
-        client.log_metric(parent_run_id, "cost_usd_all_attempts",
-                          result["totals"]["cost_usd"] + earlier["cost_usd"])
-        client.log_metric(parent_run_id, "device_hours_all_attempts",
-                          result["totals"]["device_hours"] + earlier["device_hours"])
+        log_batched(MlflowClient(tracking_uri=mlflow_uri()), parent_run_id,
+                    metrics=metric_entities({
+                        "cost_usd_all_attempts": result["totals"]["cost_usd"]
+                        + earlier["cost_usd"],
+                        "device_hours_all_attempts": result["totals"]["device_hours"]
+                        + earlier["device_hours"]}))
         result["previous_attempts"] = {**earlier, "runs": [p["run_id"] for p in previous]}
         result["markdown"] += (f"\n{earlier['attempts']} earlier attempt(s) of this pipeline "
                                f"were killed; they spent ${earlier['cost_usd']:.4f} "

@@ -18,7 +18,7 @@ from infra.settings import REPO_ROOT
 from tasks.check import memory_limit
 from tasks.common import attempts
 from tasks.common.cost import price
-from tasks.common.memory import device_memory
+from tasks.common.memory import describe, device_memory
 from tasks.params import load_params
 from tasks.report.dvc_metrics import flat_metrics
 from tasks.report.ledger import envelope, ledger, totals
@@ -130,6 +130,9 @@ def test_a_failed_attempt_and_a_cached_rerun_add_up_to_the_model_cost(s3_prefix,
     # The node record holds device memory, named for what it is on a CPU-only machine.
     assert [m["name"] for m in first["nodes"][0]["device_memory"]] == \
         [m["name"] for m in device_memory()]
+    # ... and the ledger reads it from there.
+    assert rows[0].device_memory == describe(first["nodes"][0]["device_memory"])
+    assert rows[0].device_memory.startswith(("cpu: host memory", f"{len(device_memory())} x "))
 
 
 def test_device_memory_is_the_gpus_own_or_says_it_is_the_hosts():
