@@ -1,17 +1,22 @@
-"""Caption throughput: our caption step vs plain transformers `generate`, captions/s.
+"""Caption throughput: where the time goes (prefill vs decode) and each engine, captions/s.
 
 On an H100 (the issue's measurement): a random-init model of the LLaVA-1.5-7B architecture
 (CLIP ViT-L/14 at 336 px, Vicuna-7B decoder), 64 new tokens per caption, bf16:
 
     python -m benchmarks.caption --arch llava-7b --images 256 --batch 64 --static --compile
 
-On the CPU it is a smoke test of the same code with the tiny LLaVA of the demo:
+On the CPU with the tiny LLaVA of the demo (docs/benchmarks.md, "Captioning"):
 
-    python -m benchmarks.caption --arch tiny --images 16 --batch 8 --device cpu
+    python -m benchmarks.caption --arch tiny --images 64 --batch 8 --device cpu \
+        --engines generate,static,continuous --batches 8,32 --natural-length
 
 Baselines: plain `generate` at batch 1 and at batch 32 (processor inline, dynamic KV cache).
-Ours: `tasks.caption.llava` (preprocessing one batch ahead in a thread, left padding, optional
-static KV cache and compiled decoder). Every run decodes exactly --new-tokens tokens (EOS off).
+"ours": `tasks.caption.llava` with --engine at --batch (preprocessing one batch ahead in a
+thread, left padding, optional static KV cache and compiled decoder). The prefill / decode rows
+time one batch of `generate` at 1 and at --new-tokens new tokens: prefill is the first, decode
+per token the difference over the remaining tokens. Without --natural-length every caption
+decodes exactly --new-tokens tokens (EOS off); with it, captions end at EOS as in the caption
+step, which is where continuous batching differs from generate.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 from PIL import Image
 
 from tasks.caption.config import CaptionParams
-from tasks.caption.llava import caption_batches, load
+from tasks.caption.llava import caption_images, load
 from tasks.caption.tiny import save_tiny_llava, tiny_tokenizer
 
 
@@ -84,13 +89,46 @@ def plain_generate(captioner, pictures: list[Image.Image], batch: int) -> float:
     return len(pictures) / (time.perf_counter() - start)
 
 
-def ours(captioner, pictures: list[Image.Image]) -> float:
-    size = captioner.params.batch_size
-    start = time.perf_counter()
-    for _ in caption_batches(captioner, [pictures[i:i + size] for i in range(0, len(pictures), size)]):
+CPU_RATES: dict[str, float] = {}  # captions per CPU-second of this process, by run
+
+
+def ours(captioner, pictures: list[Image.Image], name: str = "") -> float:
+    """captions/s; also captions per CPU-second (all threads) under `name`, which a shared,
+    busy host changes less than the wall-clock rate."""
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in caption_images(captioner, pictures):
         pass
     sync(captioner.device)
+    if name:
+        CPU_RATES[name] = round(len(pictures) / (time.process_time() - cpu), 2)
     return len(pictures) / (time.perf_counter() - start)
+
+
+def prefill_decode(captioner, pictures: list[Image.Image], batch: int,
+                   new_tokens: int) -> dict[str, float]:
+    """Seconds of one batch's prefill and of one decode step (EOS off), from two timed runs."""
+    proc = captioner.processor
+    inputs = proc(images=pictures[:batch], text=[captioner.params.prompt] * batch,
+                  return_tensors="pt", padding=True).to(captioner.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(captioner.dtype)
+    eos = captioner.model.generation_config.eos_token_id
+    captioner.model.generation_config.eos_token_id = None
+    times = {}
+    for n in (1, new_tokens, 1, new_tokens):  # the first pair warms up
+        start = time.perf_counter()
+        captioner.model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                 pad_token_id=proc.tokenizer.pad_token_id)
+        sync(captioner.device)
+        times[n] = time.perf_counter() - start
+    captioner.model.generation_config.eos_token_id = eos
+    decode = (times[new_tokens] - times[1]) / (new_tokens - 1)
+    return {"prefill_s": times[1], "decode_step_s": decode,
+            "prefill_share": times[1] / (times[1] + decode * (new_tokens - 1))}
+
+
+ENGINES = {"generate": {"engine": "generate"},
+           "static": {"engine": "generate", "cache_implementation": "static"},
+           "continuous": {"engine": "continuous"}}
 
 
 def sync(device: torch.device) -> None:
@@ -105,6 +143,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--engine", choices=tuple(ENGINES), default="generate",
+                    help="the engine of the 'ours' row")
+    ap.add_argument("--engines", default="", help="comma list of ENGINES also timed per --batches")
+    ap.add_argument("--batches", default="", help="comma list of batch sizes for --engines")
+    ap.add_argument("--natural-length", action="store_true",
+                    help="captions end at EOS (default: exactly --new-tokens each)")
     ap.add_argument("--static", action="store_true", help="static KV cache")
     ap.add_argument("--compile", action="store_true", help="compile the decoder (GPU)")
     ap.add_argument("--skip-batch1", action="store_true", help="skip the slow batch-1 baseline")
@@ -113,23 +157,42 @@ def main() -> None:
         folder = (save_llava_7b if args.arch == "llava-7b" else save_tiny_llava)(Path(tmp) / "m")
         params = CaptionParams(model=str(folder), device=args.device,
                                max_new_tokens=args.new_tokens, batch_size=args.batch,
+                               engine=ENGINES[args.engine]["engine"],
                                cache_implementation="static" if args.static else "dynamic",
                                compile=args.compile)
-        captioner = load(params)
-        no_eos(captioner)
         pictures = images(args.images)
+
+        def loaded(p: CaptionParams):
+            captioner = load(p)
+            if not args.natural_length:
+                no_eos(captioner)
+            return captioner
+
+        captioner = loaded(params)
         ours(captioner, pictures[:args.batch])  # warm-up (and compilation)
-        rows = {"ours": ours(captioner, pictures)}
-        plain = load(dataclasses.replace(params, cache_implementation="dynamic", compile=False))
-        no_eos(plain)
+        rows = {"ours": ours(captioner, pictures, "ours")}
+        plain = loaded(dataclasses.replace(params, engine="generate",
+                                           cache_implementation="dynamic", compile=False))
+        split = prefill_decode(plain, pictures, args.batch, args.new_tokens)
         plain_generate(plain, pictures[:4], 4)  # warm-up
         rows["plain generate, batch 32"] = plain_generate(plain, pictures, 32)
         if not args.skip_batch1:
             rows["plain generate, batch 1"] = plain_generate(plain, pictures[:16], 1)
+        for name in filter(None, args.engines.split(",")):
+            for batch in map(int, filter(None, args.batches.split(","))):
+                other = loaded(dataclasses.replace(params, batch_size=batch, compile=False,
+                                                   **{"cache_implementation": "dynamic",
+                                                      **ENGINES[name]}))
+                ours(other, pictures[:batch])  # warm-up
+                row = f"engine {name}, batch {batch}"
+                rows[row] = ours(other, pictures, row)
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     print(json.dumps({"arch": args.arch, "device": str(captioner.device), "batch": args.batch,
-                      "new_tokens": args.new_tokens, "static": args.static,
-                      "compile": args.compile, "peak_gib": round(peak, 1)}))
+                      "engine": args.engine, "new_tokens": args.new_tokens,
+                      "natural_length": args.natural_length, "static": args.static,
+                      "compile": args.compile, "peak_gib": round(peak, 1),
+                      "threads": torch.get_num_threads(), "captions_per_cpu_s": CPU_RATES,
+                      **{k: round(v, 4) for k, v in split.items()}}))
     print("| run | captions/s |\n|---|---|")
     for name, rate in rows.items():
         print(f"| {name} | {rate:.2f} |")

@@ -12,6 +12,14 @@ Reference settings: fp32 weights under bf16 autocast, batch 32. Ours: `tasks.enc
 models:
 
     python -m benchmarks.encode --arch tiny --images 32 --batch 16 --device cpu
+
+The host side (docs/benchmarks.md, "Encode host side"): JPEG decode plus the resizes to 512 and
+256 px of `tasks.encode.run.prepare_image`, images/s in this process (one core) and in
+--workers decode processes, on JPEGs shaped like the download step's output (short side 512 px,
+quality 95, a smooth picture with grain rather than pure noise, which decodes slower than a
+photo):
+
+    python -m benchmarks.encode --host --images 400 --workers 2
 """
 
 from __future__ import annotations
@@ -22,7 +30,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import io
+import os
+
+import numpy as np
 import torch
+from PIL import Image
 
 from tasks.encode.config import EncodeParams
 from tasks.encode.encoders import Encoders, encode_captions, encode_images, load
@@ -67,20 +80,75 @@ def run(enc: Encoders, images: int, batch: int, autocast: bool) -> float:
     return done / (time.perf_counter() - start)
 
 
+def photo_like_jpegs(n: int, size: tuple[int, int] = (683, 512)) -> list[bytes]:
+    """Smooth colour fields with grain, JPEG at quality 95 (the download step's setting)."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:size[1], 0:size[0]].astype(np.float32)
+    out = []
+    for _ in range(n):
+        f = rng.uniform(0.002, 0.03, (3, 2))
+        field = np.stack([np.sin(x * a + y * b + rng.uniform(0, 6)) for a, b in f], -1)
+        pixels = 127 + 90 * field + rng.normal(0, 12, field.shape)
+        buf = io.BytesIO()
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=95)
+        out.append(buf.getvalue())
+    return out
+
+
+def host(images: int, workers: int) -> None:
+    """Decode + resize images/s: inline (one core) and with `workers` decode processes."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    from tasks.encode.run import prepare_image, prepared
+
+    plan = {256: 0, 512: 0}
+    jpgs = photo_like_jpegs(images)
+    items = [{"jpg": j, "meta": {}} for j in jpgs]
+    rows = {}
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in prepared(items, plan, None, 1):
+        pass
+    rows["inline (1 core)"] = images / (time.perf_counter() - start)
+    # Images per CPU-second of this process: the per-core rate even on a shared, busy host.
+    per_cpu_second = images / (time.process_time() - cpu)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(prepare_image, jpgs[:workers], [{}] * workers, [plan] * workers))  # start
+        start = time.perf_counter()
+        for _ in prepared(items, plan, pool, 4 * 32):
+            pass
+        rows[f"{workers} decode workers"] = images / (time.perf_counter() - start)
+    print(json.dumps({"images": images, "jpeg_kb": round(sum(map(len, jpgs)) / images / 1024),
+                      "size": "683x512", "cpus": os.cpu_count(),
+                      "inline_images_per_cpu_second": round(per_cpu_second, 1),
+                      "load_avg_1m": round(os.getloadavg()[0], 1)}))
+    print("| decode + resize to 512 and 256 px | images/s | per core |\n|---|---|---|")
+    for name, rate in rows.items():
+        per_core = rate / (1 if name.startswith("inline") else workers)
+        print(f"| {name} | {rate:.1f} | {per_core:.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", choices=("sdxl", "tiny"), default="sdxl")
     ap.add_argument("--images", type=int, default=512)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--compile", action="store_true", help="compile the VAE encoder (CUDA)")
+    ap.add_argument("--host", action="store_true", help="time JPEG decode + resize only")
+    ap.add_argument("--workers", type=int, default=2, help="decode processes for --host")
     args = ap.parse_args()
+    if args.host:
+        host(args.images, args.workers)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.arch == "sdxl":
             vae, text = save_sdxl_like(root)
         else:
             vae, text = str(save_tiny_vae(root / "vae")), str(save_tiny_text_encoder(root / "text"))
-        ours = load(EncodeParams(vae=vae, text_encoder=text, device=args.device, dtype="bf16"))
+        ours = load(EncodeParams(vae=vae, text_encoder=text, device=args.device, dtype="bf16",
+                                 compile=args.compile))
         reference = load(EncodeParams(vae=vae, text_encoder=text, device=args.device,
                                       dtype="fp32"))
         rows = {}
