@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import uuid
+from typing import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -13,7 +16,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import pytest
 
 from infra import services, settings
+from infra.processes import port_in_use
 from infra.settings import REPO_ROOT
+from tests import user_world as user_world_lib
 
 # The suite keeps to a world of its own: its own state folder (buckets, runs, registry, flow
 # history, credentials) and its own ports, whatever the user has running. A user who ran
@@ -41,13 +46,22 @@ def isolate_from_user_services(environ: dict) -> None:
     settings.export_client_credentials(environ)
 
 
+# The user's world as their tools resolve it (tests/user_world.py), kept before the suite leaves it.
+USER_ENVIRON = dict(os.environ)
 isolate_from_user_services(os.environ)
+# The suite's workers look for scheduled flow runs every second instead of Prefect's 10 s: each
+# step of a pipeline test is a flow run of its own, and each would otherwise wait 5 s on average.
+os.environ["PREFECT_WORKER_QUERY_SECONDS"] = "1"
 
 _started: list[str] = []
 
 # End-to-end tests: everything under tests/flows (pipelines through Prefect and DVC), the
 # store outage and the demo chain's learning test. `make test` runs them; `make test-fast` (-m "not slow") leaves them out.
 SLOW_PATHS = ("tests/flows/", "tests/infra/test_s3_outage.py", "tests/test_demo_learns.py")
+
+
+# Compares the user's world with its fingerprint from before the first test: runs last.
+USER_WORLD_CHECK = "test_the_suite_leaves_the_users_world_as_it_was"
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -58,6 +72,8 @@ def pytest_collection_modifyitems(config, items) -> None:
             # A whole pipeline run (or several) per test: 40 minutes before a hang is called,
             # instead of the 15 that pyproject.toml gives a unit test.
             item.add_marker(pytest.mark.timeout(2400))
+    checks = [item for item in items if item.name == USER_WORLD_CHECK]
+    items[:] = [item for item in items if item.name != USER_WORLD_CHECK] + checks
 
 
 def _ensure(names: list[str]) -> None:
@@ -116,3 +132,48 @@ def pipeline_services(s3_service, mlflow_service, prefect_service) -> None:
 
     _ensure(["mirror"])
     build_local_models(load_params(profile="demo"))
+
+
+@pytest.fixture(scope="session")
+def user_environ() -> dict[str, str]:
+    """The environment the suite started with: the user's world as the user's tools see it."""
+    return dict(USER_ENVIRON)
+
+
+@pytest.fixture(scope="session")
+def user_world() -> Iterator[user_world_lib.Watch]:
+    """The user's world and its fingerprint before any test ran: the real one when it answers
+    (read only), else a user-like one (S3 and MLflow on the user's ports, a state folder of its
+    own) seeded with what `make demo` leaves, stopped at the end of the session."""
+    world = user_world_lib.resolve(USER_ENVIRON)
+    environ = None
+    if not user_world_lib.answers(world):
+        # Inside the suite's state folder, so `pkill -f <state folder>` (and .ci/run) also ends
+        # a copy that a killed session left running; one left by an earlier session stops here.
+        environ = {**{k: v for k, v in USER_ENVIRON.items() if k != "MB_CREDENTIALS_FILE"},
+                   "MB_STATE_DIR": str(settings.state_dir() / "user-world")}
+        user_world_lib.services(environ, "down")
+        shutil.rmtree(environ["MB_STATE_DIR"], ignore_errors=True)
+        busy = sorted(p for p in world.bound_ports((*user_world_lib.SEAWEED, "mlflow"))
+                      if port_in_use(p))
+        assert not busy, (f"ports {busy} of the user's layout are held by something that is not "
+                          f"the user's S3 and MLflow ({world.state_dir}): stop it and rerun")
+        user_world_lib.services(environ, "up")
+        world = user_world_lib.resolve(environ)
+        user_world_lib.seed(world)
+    watch = user_world_lib.Watch(world, user_world_lib.resolve(USER_ENVIRON).state_dir,
+                                 environ is not None, {})
+    yield dataclasses.replace(watch, before=watch.now())
+    if environ is not None:
+        user_world_lib.services(environ, "down")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fingerprint_user_world_first(request) -> None:
+    """When the session ends with the user-world check, fingerprint before the first test.
+    A failure here is raised again, with its message, by the check that asked for it."""
+    if any(item.name == USER_WORLD_CHECK for item in request.session.items):
+        try:
+            request.getfixturevalue("user_world")
+        except (Exception, pytest.fail.Exception):  # noqa: BLE001 - reported by the check
+            pass
