@@ -46,11 +46,12 @@ services-down:  ## stop everything services-up started (by PID; TERM, INT, KILL)
 services-status:
 	@$(PY) -m infra.services status
 
+# Both print their 15 slowest tests: what the CI time (under 30 min, issue 32) is spent on.
 test: setup  ## the whole test suite against real local services (started and stopped here)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 test-fast: setup  ## the suite without the slow end-to-end tests (tests/flows, the store outage)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q --durations=15 -m "not slow" tests
 
 demo: services-up  ## run the whole pipeline on the embedded demo profile
 	$(PY) -m tasks.models
