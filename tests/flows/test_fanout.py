@@ -22,7 +22,7 @@ from flows.deploy import deploy_pool
 from infra import s3, services
 from tasks.common.shards import iter_shard, read_manifest
 from tasks.encode.run import latent_prefix
-from tasks.params import dump_params
+from tasks.params import dumps_resolved
 from tests.tasks.test_encode import _params, _raw_dataset, tiny_models  # noqa: F401 (fixture)
 
 
@@ -44,7 +44,7 @@ def _online(pool: str) -> set[str]:
 
 
 def test_two_workers_share_the_units_and_none_is_done_twice(prefect_service, s3_prefix,
-                                                            tiny_models, tmp_path):
+                                                            tiny_models):
     params = _params(s3_prefix, tiny_models, datasets=("cc3m",), shards_per_unit=1)
     _raw_dataset(params, "cc3m", shards=4, per_shard=3)
     pool = f"fanout-{uuid.uuid4().hex[:8]}"
@@ -60,9 +60,10 @@ def test_two_workers_share_the_units_and_none_is_done_twice(prefect_service, s3_
             assert time.monotonic() < deadline, f"workers not online: {_online(pool)}"
             time.sleep(1)
         envelope_uri = f"{s3_prefix}/pipeline/encode.json"
+        text, sha256 = dumps_resolved(params)
         run = run_deployment(f"micro-budget-step/{pool}", timeout=600, parameters={
-            "step": "encode", "envelope_uri": envelope_uri, "profile": params.profile,
-            "params_path": str(dump_params(params, tmp_path / "params.yaml"))})
+            "step": "encode", "envelope_uri": envelope_uri, "params_yaml": text,
+            "params_sha256": sha256})
         assert run.state is not None and run.state.is_completed(), run.state
     finally:
         services.stop_all(started, term_s=8.0, int_s=3.0)

@@ -24,7 +24,7 @@ from infra import s3
 from infra.settings import REPO_ROOT, mlflow_uri
 from tasks.common.shards import LocalShard, commit_shard, write_manifest
 from tasks.encode.preprocess import npy_bytes
-from tasks.params import load_params
+from tasks.params import dumps_resolved, load_params
 from tasks.train import checkpoint, keys
 from tasks.train.step import run_stage
 
@@ -59,8 +59,10 @@ def _latents(params) -> None:
 
 
 def _train_step(path: Path, folder: str, timeout: float | None = 900):
+    text, sha256 = dumps_resolved(load_params(path))
     return run_deployment("micro-budget-step/gpu", timeout=timeout, parameters={
-        "step": "train", "envelope_uri": f"{folder}/train.json", "params_path": str(path)})
+        "step": "train", "envelope_uri": f"{folder}/train.json", "params_yaml": text,
+        "params_sha256": sha256})
 
 
 def _weights(uri: str, dest: Path) -> dict:
