@@ -3,13 +3,12 @@
 The pipeline flow starts this flow through the `micro-budget-step/cpu` or `/gpu` deployment, so
 GPU steps run on GPU workers. Caption and encode split their units over the pool's workers
 (flows/units.py) and each worker over its devices (tasks/common/fanout.py); training runs
-stage by stage under torchrun. Each step then writes its envelope (result + wall time) to S3 for
-the report and returns the URI.
+stage by stage under torchrun. Each step then writes its envelope (result, wall time and where
+its attempts are recorded: tasks/attempt.py) to S3 for the report and returns the URI.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 from prefect import flow
@@ -17,8 +16,8 @@ from prefect.states import State
 
 from flows.failures import failed_state
 from infra import s3
+from tasks.attempt import run_attempt
 from tasks.params import Params, loads_resolved
-from tasks.report.ledger import envelope
 
 
 def download(params: Params, parent_run_id: str | None) -> dict[str, Any]:
@@ -109,9 +108,8 @@ def run_step(step: str, envelope_uri: str, params_yaml: str, params_sha256: str,
         raise ValueError(f"unknown step {step!r}; steps: {list(STEPS)}")
     try:
         params = loads_resolved(params_yaml, params_sha256)
-        started = time.monotonic()
-        result = STEPS[step](params, parent_run_id)
-        s3.put_json(envelope_uri, envelope(step, result, time.monotonic() - started))
+        s3.put_json(envelope_uri,
+                    run_attempt(params, step, lambda: STEPS[step](params, parent_run_id)))
     except Exception as err:  # noqa: BLE001 - anything not operational is re-raised
         state = failed_state(err)
         if state is None:

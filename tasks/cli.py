@@ -13,7 +13,6 @@ import argparse
 import importlib
 import json
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -21,8 +20,8 @@ import yaml
 from infra.config import ConfigError, to_dict
 from infra.settings import state_dir
 from tasks.common.errors import report
+from tasks.attempt import run_attempt
 from tasks.params import PROFILES, load_params
-from tasks.report.ledger import envelope
 
 STEPS = ("download", "caption", "encode", "train", "evaluate", "report")
 COMMANDS = ("check", "plan", *STEPS)
@@ -92,15 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(resolved(params, args.step), sort_keys=False), end="")
         return 0
     module = importlib.import_module(f"tasks.{args.step}.step")
-    started = time.monotonic()
     try:
-        summary = module.run(params)
+        if args.step == "report":
+            summary = module.run(params)
+        else:
+            # The envelope carries the wall time that the report prices and where the
+            # step's attempts are recorded.
+            summary = run_attempt(params, args.step, lambda: module.run(params))
     except Exception as err:  # noqa: BLE001 - report() re-raises anything not operational
         log = state_dir() / "logs" / f"tasks-{args.step}-error.log"
         return report(err, args.debug, log)
-    if args.step != "report":
-        # The envelope carries the wall time that the report prices.
-        summary = envelope(args.step, summary, time.monotonic() - started)
     text = json.dumps(summary, indent=2, sort_keys=True, default=str)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

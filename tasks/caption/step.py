@@ -51,6 +51,21 @@ def caption_on_devices(params: Params, dataset: str) -> dict[str, Any]:
             "devices": len({r["device"] for r in records}) or 1}
 
 
+def attempts_key(params: Params) -> tuple[str, str]:
+    """Where this step's attempts are recorded (tasks/attempt.py): under the raw prefix, keyed
+    by the caption key and the raw shards of each dataset it captions."""
+    from tasks.caption.keys import caption_key
+    from tasks.common.keys import digest
+    from tasks.common.shards import read_manifest, shards_digest
+
+    raw = {}
+    for dataset in [d for d in params.caption.datasets if d in params.download.enabled()]:
+        manifest = read_manifest(caption_run.raw_prefix(params, dataset))
+        raw[dataset] = shards_digest(manifest) if manifest is not None else None
+    return params.storage.raw_prefix, digest({"captions": caption_key(params.caption),
+                                              "raw": raw})
+
+
 def run(params: Params) -> dict[str, Any]:
     """The whole step in this process and its device children; skipped with a reason when
     disabled."""

@@ -25,6 +25,17 @@ def download_dataset(params: Params, name: str) -> dict[str, Any]:
     return summary
 
 
+def attempts_key(params: Params) -> tuple[str, str]:
+    """Where this step's attempts are recorded (tasks/attempt.py): under the raw prefix, keyed
+    by each enabled dataset's download plan, which decides its shards."""
+    from tasks.common.keys import digest
+    from tasks.download.core import plan_id
+
+    dl = params.download
+    return params.storage.raw_prefix, digest({d: plan_id(d, dl.source(d), dl)
+                                              for d in dl.enabled()})
+
+
 def run(params: Params) -> dict[str, Any]:
     """The whole step: every enabled dataset in turn; summaries by name (reports on stderr)."""
     summaries = {name: download(params, name) for name in params.download.enabled()}

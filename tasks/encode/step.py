@@ -47,6 +47,30 @@ def encode_on_devices(params: Params, dataset: str) -> dict[str, Any]:
             "devices": len({r["device"] for r in records}) or 1}
 
 
+def attempts_key(params: Params) -> tuple[str, str]:
+    """Where this step's attempts are recorded (tasks/attempt.py): under the latents prefix,
+    keyed by what names its latent shards (tasks/encode/run.py latent_shard_name) for every
+    dataset it encodes: the encoders and their settings, the resolution plan, the raw shards
+    and the caption key where captions apply."""
+    from tasks.caption.keys import caption_key, captions_apply
+    from tasks.common.keys import digest, model_fingerprint, without
+    from tasks.common.shards import read_manifest, shards_digest
+    from tasks.encode.run import EXECUTION_ONLY, encoded_datasets, plan_key, raw_prefix
+
+    def raw(dataset: str) -> str | None:
+        manifest = read_manifest(raw_prefix(params, dataset))
+        return shards_digest(manifest) if manifest is not None else None
+
+    enc = params.encode
+    return params.storage.latents_prefix, digest({
+        "encode": without(enc, *EXECUTION_ONLY),
+        "models": [model_fingerprint(enc.vae), model_fingerprint(enc.text_encoder)],
+        "datasets": {d: {"plan": plan_key(resolution_plan(params, d)), "raw": raw(d),
+                         "captions": caption_key(params.caption)
+                         if captions_apply(params, d) else None}
+                     for d in encoded_datasets(params)}})
+
+
 def run(params: Params) -> dict[str, Any]:
     out = {dataset: encode_on_devices(params, dataset) for dataset in params.encode.datasets}
     return {**out, "gpus": max((s.get("devices", 1) for s in out.values()), default=1)}

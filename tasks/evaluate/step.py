@@ -75,6 +75,20 @@ def evaluate_stages(params: Params, score) -> dict[str, Any]:
     return combine(results, plan[-1][0])
 
 
+def attempts_key(params: Params) -> tuple[str, str]:
+    """Where this step's attempts are recorded (tasks/attempt.py): under the runs prefix, keyed
+    by the evaluate section (less its device) and the checkpoints it scores (the stages' keys,
+    tasks/train/keys.py, or evaluate.checkpoint)."""
+    from tasks.common.keys import digest, without
+    from tasks.train.keys import stage_key
+
+    ev = params.evaluate
+    scored = ev.checkpoint if ev.checkpoint is not None else {
+        s.name: stage_key(params, s.name) for s in params.train.stages}
+    return params.storage.runs_prefix, digest({"evaluate": without(ev, "device"),
+                                               "checkpoints": scored})
+
+
 def run(params: Params) -> dict[str, Any]:
     """The whole step for the CLI/DVC; each scored stage's sample grid goes to
     <out_dir>/plots/samples/<stage>.png for `dvc plots show`."""

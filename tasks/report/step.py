@@ -16,9 +16,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from infra.settings import mlflow_uri
-from tasks.common.cost import Price
+from tasks.common.cost import Price, price
 from tasks.params import Params
-from tasks.report.ledger import STEPS, ledger, rows_as_dicts, totals
+from tasks.report.ledger import GPU_STEPS, STEPS, ledger, rows_as_dicts, totals
 from tasks.report.summary import fid_curve, final_metrics, report_markdown
 from tasks.report.chart import cost_chart, fid_chart, planned_markdown
 from tasks.report.dvc_metrics import flat_metrics
@@ -79,22 +79,38 @@ def stage_prices(params: Params, envelopes: list[dict[str, Any]]) -> dict[str, P
     return out
 
 
+def summed(prices: list[Price]) -> Price:
+    return Price(seconds=sum(p.seconds for p in prices), devices=max(p.devices for p in prices),
+                 device_type=prices[0].device_type,
+                 device_hours=sum(p.device_hours for p in prices),
+                 cost_usd=sum(p.cost_usd for p in prices))
+
+
+def step_prices(params: Params, envelopes: list[dict[str, Any]]) -> dict[str, Price]:
+    """Per data step of the run: every attempt recorded where its envelope says
+    (tasks/attempt.py), failed, killed and cached reruns included, priced by the one rule as
+    the ledger prices the step (GPU steps per device, CPU steps as one machine)."""
+    from tasks.common import attempts
+
+    out = {}
+    for env in envelopes:
+        records = attempts.read(env["attempts"]) if env.get("attempts") else []
+        if records:
+            out[env["step"]] = summed([price(params.cost, float(r["seconds"]),
+                                             int(r["devices"]), on_gpu=env["step"] in GPU_STEPS)
+                                       for r in records])
+    return out
+
+
 def model_prices(stages: dict[str, Price]) -> dict[str, Price]:
-    """What the model's outputs cost per step, where attempts are recorded (training)."""
-    if not stages:
-        return {}
-    prices = list(stages.values())
-    return {"train": Price(seconds=sum(p.seconds for p in prices),
-                           devices=max(p.devices for p in prices),
-                           device_type=prices[0].device_type,
-                           device_hours=sum(p.device_hours for p in prices),
-                           cost_usd=sum(p.cost_usd for p in prices))}
+    """What the training step's outputs cost over its stages' recorded attempts."""
+    return {"train": summed(list(stages.values()))} if stages else {}
 
 
 def report(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str) -> dict[str, Any]:
     """Log every step as a nested run, close the parent with the cost table; return the report."""
     stages = stage_prices(params, envelopes)
-    rows = ledger(envelopes, params.cost, model_prices(stages))
+    rows = ledger(envelopes, params.cost, model_prices(stages) | step_prices(params, envelopes))
     for row, env in zip(rows, envelopes):
         log_step_run(parent_run_id, row, env.get("result") or {})
     metrics = final_metrics(envelopes)

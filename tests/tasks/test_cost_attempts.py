@@ -152,3 +152,88 @@ def test_device_memory_is_the_gpus_own_or_says_it_is_the_hosts():
              for i in range(2)]
     limit, source = memory_limit(params, small)
     assert limit == 22.0 and "2 x NVIDIA A10" in source and "measured" in source
+
+
+def _data_params(demo_params, s3_prefix, tiny_encoders):
+    """The demo's CC3M subset alone, downloaded and encoded under this test's prefix, priced at
+    $1 a device-second (GPU steps) and $0.1 a second (CPU) so that seconds show in 4 decimals."""
+    from infra.s3 import split_uri
+    from tasks.download.config import DATASETS
+
+    base = demo_params()
+    params = demo_params(**{name: dataclasses.replace(base.download.source(name),
+                                                      enabled=name == "cc3m")
+                            for name in DATASETS})
+    _, key = split_uri(s3_prefix)
+    return dataclasses.replace(
+        params, storage=dataclasses.replace(params.storage, latents_prefix=f"{key}/latents"),
+        encode=dataclasses.replace(params.encode, datasets=("cc3m",), **tiny_encoders),
+        cost=dataclasses.replace(params.cost, gpu_type="H100",
+                                 usd_per_gpu_hour={"cpu": 360.0, "H100": 3600.0}))
+
+
+def test_a_failed_encode_attempt_adds_up_and_a_cached_rerun_keeps_the_model_cost(
+        demo_params, s3_prefix, tiny_encoders, mlflow_service):
+    """Download and encode through the bracket both drivers call (tasks/attempt.py): an encode
+    attempt that fails on its device is priced and added to the one that finishes, in the
+    report's cost_usd; a rerun that finds every output in place reports that same model cost
+    (plus its own attempts, found under the same keys) and only its small spend as run_cost_usd."""
+    from tasks.attempt import attempt_prefix, run_attempt
+    from tasks.download import step as download_step
+    from tasks.encode import step as encode_step
+    from tasks.report.step import report
+    from tasks.report.tracking import start_pipeline_run
+
+    params = _data_params(demo_params, s3_prefix, tiny_encoders)
+    # cuda:99 fails on every machine; the device is how latents are computed, not what they
+    # are, so the failed attempt is keyed as the finishing one.
+    broken = dataclasses.replace(params, encode=dataclasses.replace(params.encode,
+                                                                    device="cuda:99"))
+
+    def run_steps():
+        return [run_attempt(params, step.__name__.split(".")[1], lambda s=step: s.run(params))
+                for step in (download_step, encode_step)]
+
+    def reported(envelopes):
+        result = report(params, envelopes, start_pipeline_run(params, "cost-attempts-test"))
+        return result["flat_metrics"], MlflowClient().get_run(result["mlflow_run_id"]).data
+
+    def every_attempt():
+        dl, enc = (attempts.read(attempt_prefix(params, s)) for s in ("download", "encode"))
+        return (sum(price(params.cost, r["seconds"], 1, on_gpu=False).cost_usd for r in dl)
+                + sum(price(params.cost, r["seconds"], r["devices"]).cost_usd for r in enc))
+
+    def spent(envelopes):
+        return sum(price(params.cost, e["seconds"], int(e["result"].get("gpus", 1)),
+                         on_gpu=e["step"] == "encode").cost_usd for e in envelopes)
+
+    download_env = run_attempt(params, "download", lambda: download_step.run(params))
+    assert attempt_prefix(broken, "encode") == attempt_prefix(params, "encode")
+    with pytest.raises(RuntimeError, match="cuda"):
+        run_attempt(broken, "encode", lambda: encode_step.run(broken))
+    first = [download_env, run_attempt(params, "encode", lambda: encode_step.run(params))]
+    assert first[1]["result"]["cc3m"]["samples_encoded_this_run"] > 0
+    failed, finished = attempts.read(attempt_prefix(params, "encode"))
+    assert (failed["status"], finished["status"]) == ("failed", "finished")
+    assert finished["seconds"] == first[1]["seconds"] and failed["seconds"] > 0
+
+    metrics, run = reported(first)
+    model = every_attempt()
+    assert metrics["cost_usd"] == round(model, 4) and run.metrics["model_cost_usd"] == \
+        pytest.approx(model)
+    assert metrics["run_cost_usd"] == round(spent(first), 4)
+    # The failed attempt is the difference: priced on its devices at the GPU rate.
+    assert model - spent(first) == pytest.approx(
+        price(params.cost, failed["seconds"], failed["devices"]).cost_usd)
+
+    rerun = run_steps()
+    assert rerun[0]["result"]["cc3m"]["shards_written"] == 0
+    assert rerun[1]["result"]["cc3m"]["samples_encoded_this_run"] == 0
+    assert [e["attempts"] for e in rerun] == [e["attempts"] for e in first]
+    again, _ = reported(rerun)
+    # The model's cost is what produced the outputs it reused, and the rerun's own attempts;
+    # the rerun spent only those.
+    assert again["cost_usd"] == round(every_attempt(), 4)
+    assert again["cost_usd"] == pytest.approx(metrics["cost_usd"] + again["run_cost_usd"],
+                                              abs=2e-4)
+    assert again["run_cost_usd"] == round(spent(rerun), 4) < metrics["cost_usd"]
