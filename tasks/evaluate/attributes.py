@@ -40,8 +40,8 @@ DESCRIBE = ("A {c} {s} in the {p} corner of a {b} picture.",
             "A single {c} {s} sits in the {p} corner; the rest is {b}.",
             "An image with a {c} {s} placed at the {p} over a {b} background.")
 # The report set: the seen (shape, color, position) combinations that no COCO-val image of the
-# demo corpus shows (infra/mirror/corpus.py at seed 0, DEMO_SIZE; tests/test_demo_learns.py
-# checks it on the corpus it builds). The demo's guidance and stage split were chosen on the
+# demo corpus shows (infra/mirror/corpus.py at seed 0, DEMO_SIZE; tests/tasks/test_demo_corpus.py
+# checks it against the generated captions). The demo's guidance and stage split were chosen on the
 # prompts the evaluate step draws from COCO val (the tune set: "seen" and "held_out" below), so
 # no choice was ever made on a report prompt, and the demo's score is this set's.
 REPORT_SCENES = frozenset({
