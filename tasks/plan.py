@@ -250,7 +250,62 @@ def render(params: Params, lines: list[PlanLine]) -> str:
     out.append(f"{'total':<9} {'':<12} {'':>14} {'':>9} {'':>7} {total['device_hours']:>10.4f} "
                f"{total['cost_usd']:>10.4f}{budget}")
     out += render_caption_sources(params)
+    out += render_spot(params, lines)
     return "\n".join(out)
+
+
+def checkpoint_interval_h(params: Params, line: PlanLine) -> float:
+    """Hours of a training stage between checkpoints: the image interval at the planned rate,
+    or train.checkpoint_every_min when that comes sooner."""
+    tp = params.train
+    hours = [tp.checkpoint_every_images / (line.rate * line.devices) / 3600.0] if line.rate \
+        else []
+    hours += [tp.checkpoint_every_min / 60.0] if tp.checkpoint_every_min > 0 else []
+    return min(hours, default=0.0)
+
+
+def spot(params: Params, lines: list[PlanLine]) -> dict[str, Any]:
+    """The plan on-demand and on spot. Every device-hour is charged at its class's rate; on spot
+    the training stages also redo the work preemptions take away: cost.spot_preemptions_per_hour
+    per node-hour, each losing on average half a checkpoint interval plus cost.restart_s, on
+    every device of the stage (first order: the redone work's own preemptions are left out)."""
+    from tasks.common.cost import expected_preemption_loss
+
+    cost = params.cost
+    hours = totals(lines)["device_hours"]
+    stages = []
+    for line in (p for p in lines if p.step == "train"):
+        wall_h = line.device_hours / line.devices
+        every_h = checkpoint_interval_h(params, line)
+        loss = expected_preemption_loss(cost, wall_h * params.train.nodes, every_h)
+        stages.append({"stage": line.item, "checkpoint_every_h": every_h,
+                       "preemptions": loss["preemptions"],
+                       "lost_device_hours": loss["lost_hours"] * line.devices
+                       / params.train.nodes})
+    lost = sum(s["lost_device_hours"] for s in stages)
+    spot_rate = cost.rate_of(cost.gpu_type, "spot")
+    return {"on_demand_usd": hours * cost.rate_of(cost.gpu_type, "on_demand"),
+            "spot_usd": (hours + lost) * spot_rate, "spot_rate": spot_rate,
+            "lost_device_hours": lost, "lost_usd": lost * spot_rate, "stages": stages}
+
+
+def render_spot(params: Params, lines: list[PlanLine]) -> list[str]:
+    cost = params.cost
+    if cost.gpu_type not in cost.spot_usd_per_gpu_hour:
+        return []
+    s = spot(params, lines)
+    out = [f"price classes (the total holds cost.price_class: {cost.price_class}):",
+           f"  on-demand at ${cost.rate_of(cost.gpu_type):g}/device-hour: "
+           f"{s['on_demand_usd']:,.4f} USD",
+           f"  spot at ${s['spot_rate']:g}/device-hour, {cost.spot_preemptions_per_hour:g} "
+           f"preemptions per node-hour: {s['spot_usd']:,.4f} USD, of which "
+           f"{s['lost_usd']:,.4f} USD ({s['lost_device_hours']:,.4f} device-hours) redo lost work"]
+    for st in s["stages"]:
+        out.append(f"    {st['stage']}: a checkpoint every {st['checkpoint_every_h'] * 60:.1f} "
+                   f"min, {st['preemptions']:.2f} preemptions expected, each losing "
+                   f"{st['checkpoint_every_h'] * 30:.1f} min + {cost.restart_s:g} s restart: "
+                   f"{st['lost_device_hours']:,.4f} device-hours")
+    return out
 
 
 SUBTOTALS = {"data preparation": ("caption", "encode"), "training": ("train",)}
@@ -280,4 +335,5 @@ def check_budget(params: Params, allow_over_budget: bool = False) -> dict[str, A
         raise OverBudget(f"the plan costs ${total['cost_usd']:,.2f}, over cost.budget_usd "
                          f"${budget:,.2f}; raise the budget or run with allow_over_budget\n"
                          + render(params, lines))
-    return {"lines": [asdict(p) for p in lines], "by_step": by_step(lines), **total}
+    return {"lines": [asdict(p) for p in lines], "by_step": by_step(lines),
+            "spot": spot(params, lines), **total}

@@ -128,3 +128,34 @@ def test_the_plan_reads_rates_measured_on_the_planned_card_and_given_ones_otherw
     assert lines[("caption", "sa1b")].basis.startswith("given 10.3/s")
     assert lines[("caption", "sa1b")].work == pytest.approx(DATASET_IMAGES["sa1b"] / 11)
     assert lines[("train", "stage3")].basis.startswith("not projected: no cost.peak_tflops.H200")
+
+
+def test_the_plan_on_demand_and_on_spot_with_the_checkpoint_intervals_lost_work(capsys):
+    from tasks.plan import checkpoint_interval_h, spot
+
+    full = load_params(profile="full")
+    lines = plan(full)
+    hours = totals(lines)["device_hours"]
+    s = spot(full, lines)
+    cost = full.cost
+    assert s["on_demand_usd"] == pytest.approx(totals(lines)["cost_usd"])  # the class planned
+    assert s["spot_usd"] == pytest.approx((hours + s["lost_device_hours"]) * s["spot_rate"])
+    assert s["spot_usd"] < s["on_demand_usd"] and s["lost_device_hours"] > 0
+    tp = full.train
+    for st, line in zip(s["stages"], (p for p in lines if p.step == "train")):
+        every = checkpoint_interval_h(full, line)
+        assert every <= tp.checkpoint_every_min / 60 + 1e-12
+        wall = line.device_hours / line.devices * tp.nodes
+        assert st["preemptions"] == pytest.approx(wall * cost.spot_preemptions_per_hour)
+        assert st["lost_device_hours"] == pytest.approx(
+            st["preemptions"] * (every / 2 + cost.restart_s / 3600) * line.devices / tp.nodes)
+    # Checkpointing twice as often loses less on spot.
+    often = dataclasses.replace(full, train=dataclasses.replace(
+        tp, checkpoint_every_min=tp.checkpoint_every_min / 2))
+    assert spot(often, plan(often))["lost_device_hours"] < s["lost_device_hours"]
+    assert check_budget(full)["spot"]["spot_usd"] == pytest.approx(s["spot_usd"])
+    assert main(["plan", "--profile", "full"]) == 0
+    out = capsys.readouterr().out
+    assert f"on-demand at ${cost.rate_of('H100'):g}/device-hour: {s['on_demand_usd']:,.4f} USD" \
+        in out
+    assert f"spot at ${s['spot_rate']:g}/device-hour" in out and "preemptions expected" in out
