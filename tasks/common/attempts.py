@@ -1,11 +1,13 @@
 """Every attempt at a piece of work, recorded next to its outputs so that its cost is never lost.
 
-    <prefix>/attempts/<id>.json  {id, host, node_rank, devices, started, seconds, status}
+    <prefix>/attempts/<id>.json  {id, host, node_rank, devices, price_class, started,
+                                  seconds, device_hours, status[, lost_steps, lost_seconds]}
 
 `recorded` writes the record when the attempt starts, rewrites its held seconds every
-`heartbeat_s` while it runs, and marks it finished or failed when it ends. An attempt that is
-killed outright (SIGKILL, a lost machine) keeps status "running" and the seconds of its last
-heartbeat: priced up to then. The prefix is the outputs' own, keyed as they are (a training
+`heartbeat_s` while it runs, and marks it finished, failed or preempted (`preempted`: with the
+work it lost, the steps after the checkpoint its successor resumes from) when it ends. An
+attempt that is killed outright (SIGKILL, a lost machine) keeps status "running" and the
+seconds of its last heartbeat: priced up to then. The prefix is the outputs' own, keyed as they are (a training
 stage's checkpoint folder), so every attempt that worked towards the same outputs, the cached
 rerun included, is found in one listing (`read`).
 """
@@ -29,17 +31,19 @@ def folder(prefix: str) -> str:
 
 
 @contextmanager
-def recorded(prefix: str, devices: int, node_rank: int = 0,
-             heartbeat_s: float = 30.0) -> Iterator[dict[str, Any]]:
+def recorded(prefix: str, devices: int, node_rank: int = 0, heartbeat_s: float = 30.0,
+             price_class: str = "on_demand") -> Iterator[dict[str, Any]]:
     """Record the attempt run inside the block; yields its record (status set on exit)."""
     record = {"id": uuid.uuid4().hex[:12], "host": socket.gethostname(), "node_rank": node_rank,
-              "devices": devices, "started": time.time(), "seconds": 0.0, "status": "running"}
+              "devices": devices, "price_class": price_class, "started": time.time(),
+              "seconds": 0.0, "device_hours": 0.0, "status": "running"}
     uri = s3.join(folder(prefix), f"{record['id']}.json")
     started = time.monotonic()
     stop = threading.Event()
 
     def write(status: str) -> None:
-        record.update(seconds=round(time.monotonic() - started, 3), status=status)
+        seconds = round(time.monotonic() - started, 3)
+        record.update(seconds=seconds, device_hours=seconds * devices / 3600.0, status=status)
         s3.put_json(uri, record)
 
     def beat() -> None:
@@ -59,10 +63,16 @@ def recorded(prefix: str, devices: int, node_rank: int = 0,
     finally:
         stop.set()
         thread.join()
-        write(status)
+        write("preempted" if status == "failed" and "lost_steps" in record else status)
+
+
+def preempted(record: dict[str, Any], lost_steps: int, lost_seconds: float) -> None:
+    """Mark the attempt in `record` (inside `recorded`) preempted, with the work it lost."""
+    record.update(lost_steps=int(lost_steps), lost_seconds=float(lost_seconds))
 
 
 def read(prefix: str) -> list[dict[str, Any]]:
     """Every attempt recorded under `prefix`, oldest first."""
     uris = [u for u in s3.list_uris(folder(prefix) + "/") if u.endswith(".json")]
     return sorted((s3.get_json(u) for u in uris), key=lambda r: r["started"])
+

@@ -79,6 +79,32 @@ def stage_prices(params: Params, envelopes: list[dict[str, Any]]) -> dict[str, P
     return out
 
 
+def stage_bills(params: Params, envelopes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per training stage of the run: its attempts, preemptions, lost work and the spend per
+    price class (tasks/common/cost.py attempts_bill); stages with no record are left out."""
+    from tasks.common import attempts
+    from tasks.common.cost import attempts_bill
+    from tasks.train import keys
+
+    train = next((e.get("result") or {} for e in envelopes if e["step"] == "train"), {})
+    out = {}
+    for name in train.get("stages") or {}:
+        records = attempts.read(keys.stage_prefix(params, name))
+        if records:
+            out[name] = attempts_bill(params.cost, records)
+    return out
+
+
+def attempts_markdown(bills: dict[str, dict[str, Any]]) -> str:
+    lines = ["| stage | attempts | preemptions | lost steps | lost device-hours | lost (USD) | "
+             "on-demand (USD) | spot (USD) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {b['attempts']} | {b['preemptions']} | {b['lost_steps']} | "
+              f"{b['lost_device_hours']:.4f} | {b['lost_cost_usd']:.4f} | "
+              f"{b['on_demand_cost_usd']:.4f} | {b['spot_cost_usd']:.4f} |"
+              for name, b in bills.items()]
+    return "\n".join(lines)
+
+
 def summed(prices: list[Price]) -> Price:
     return Price(seconds=sum(p.seconds for p in prices), devices=max(p.devices for p in prices),
                  device_type=prices[0].device_type,
@@ -122,6 +148,11 @@ def report(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str) 
     markdown += ("\n## Where the money went\n\n" + planned_markdown(rows, planned) + "\n\n"
                  f"![cost per step, actual and planned]"
                  f"({artifact_url(parent_run_id, CHART_PATH)})\n")
+    bills = stage_bills(params, envelopes)
+    if bills:
+        markdown += ("\n## Training attempts\n\nEvery attempt at each stage's checkpoint folder; "
+                     "a preemption loses the steps after the checkpoint it resumes from.\n\n"
+                     + attempts_markdown(bills) + "\n")
     curve = fid_curve(envelopes)
     if curve:
         markdown += ("\n## FID against images seen\n\n| stage | images seen | FID |\n|---|---:|---:|\n"
@@ -132,7 +163,7 @@ def report(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str) 
     finish_pipeline_run(parent_run_id, rows, metrics, markdown, grid, planned,
                         cost_chart(rows, planned), curve, fid_chart(curve) if curve else None)
     return {"mlflow_run_id": parent_run_id, "mlflow_url": link, "grid_url": grid_link,
-            "cost": rows_as_dicts(rows), "planned": planned,
+            "cost": rows_as_dicts(rows), "planned": planned, "stage_attempts": bills,
             "model_version": register_run_model(params, envelopes, parent_run_id,
                                                 totals(rows)["model_cost_usd"]),
             "totals": totals(rows), "metrics": metrics, "fid_curve": curve,

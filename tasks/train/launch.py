@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return preempted(notice, run, args.summary)
     if main_rank:
         if run:
-            grid = stage_grid(params, summary["checkpoint"])
+            # No train.sample_prompts: no grid (and no encoders to load).
+            grid = stage_grid(params, summary["checkpoint"]) if params.train.sample_prompts \
+                else None
             run.finish(params, summary, grid)
             summary["mlflow_run_id"] = run.run_id
         if args.summary:

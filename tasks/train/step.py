@@ -156,14 +156,19 @@ def run_attempt(params: Params, stage: str, parent_run_id: str | None = None, no
                "MB_NODE_RANK": str(node_rank), "PYTHONUNBUFFERED": "1"}
         # Priced whether it ends or not: a failed or killed attempt adds to the stage's cost.
         with attempts.recorded(keys.stage_prefix(params, stage), params.train.gpus_per_node,
-                               node_rank) as attempt:
+                               node_rank, price_class=params.cost.price_class) as attempt:
             with subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                                   text=True, bufsize=1) as child:
                 follow(child.stdout, stage, params.train.stage(stage).steps,
                        progress or (lambda _: None))
             if child.returncode != 0 and summary.exists() and \
                     json.loads(summary.read_text()).get("preempted"):
-                raise StagePreempted(stage, json.loads(summary.read_text()))
+                record = json.loads(summary.read_text())
+                # Node 0's record holds the lost work; the other nodes' attempts lose the same
+                # steps but price none of them (their records do not carry the step time).
+                attempts.preempted(attempt, record.get("lost_steps", 0),
+                                   record.get("lost_seconds", 0.0))
+                raise StagePreempted(stage, record)
             if child.returncode != 0:
                 raise RuntimeError(f"training stage {stage} exited with {child.returncode} on "
                                    f"node {node_rank}; rerun to resume from its latest checkpoint")

@@ -27,7 +27,7 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
 from infra.config import flatten, to_dict
 from infra.settings import mlflow_uri
-from tasks.common.cost import Price, price
+from tasks.common.cost import Price, attempts_bill, price
 from tasks.params import Params
 from tasks.report.tracking import (experiment_id, log_batched, metric_entities,
                                    param_entities, tag_entities)
@@ -133,18 +133,22 @@ class StageRun:
 def stage_price(params: Params, records: list[dict[str, Any]]) -> Price:
     """Attempts of a stage (tasks/common/attempts.py) priced by the one rule and summed: each
     attempt's held seconds x its devices x the rate."""
-    prices = [price(params.cost, float(r["seconds"]), int(r["devices"])) for r in records]
+    prices = [price(params.cost, float(r["seconds"]), int(r["devices"]),
+                    price_class=r.get("price_class", "on_demand")) for r in records]
+    classes = {p.price_class for p in prices} or {params.cost.price_class}
     return Price(seconds=sum(p.seconds for p in prices),
                  devices=max((p.devices for p in prices), default=1),
                  device_type=prices[0].device_type if prices else params.cost.gpu_type,
                  device_hours=sum(p.device_hours for p in prices),
-                 cost_usd=sum(p.cost_usd for p in prices))
+                 cost_usd=sum(p.cost_usd for p in prices),
+                 price_class=classes.pop() if len(classes) == 1 else "mixed")
 
 
 def log_stage_cost(params: Params, stage: str, result: dict[str, Any]) -> None:
     """What the stage cost, on its own MLflow run and in its summary: this attempt (the
     devices' held wall time, start-up and uploads included, not the loop's seconds only) and
-    every attempt at the same checkpoint folder (failed, killed and cached reruns included)."""
+    every attempt at the same checkpoint folder (failed, killed, preempted and cached reruns
+    included), with the preemptions, the work they lost and the spend per price class."""
     from tasks.common import attempts
     from tasks.train import keys
 
@@ -152,17 +156,24 @@ def log_stage_cost(params: Params, stage: str, result: dict[str, Any]) -> None:
     ids = {node["attempt"] for node in result["nodes"]}
     this = stage_price(params, [r for r in records if r["id"] in ids])
     every = stage_price(params, records)
+    bill = attempts_bill(params.cost, records)
     result["cost"] = {"attempt": asdict(this), "all_attempts": asdict(every),
                       "attempts": len(records),
-                      "failed_attempts": sum(r["status"] != "finished" for r in records)}
+                      "failed_attempts": sum(r["status"] != "finished" for r in records),
+                      "bill": bill}
     run_id = result.get("mlflow_run_id")
     if run_id:
         log_batched(MlflowClient(tracking_uri=mlflow_uri()), run_id, metrics=metric_entities({
             "device_seconds": this.seconds, "devices": this.devices,
             "gpu_hours": this.device_hours, "cost_usd": this.cost_usd,
             "gpu_hours_all_attempts": every.device_hours,
-            "cost_usd_all_attempts": every.cost_usd, "attempts": len(records)}),
-            tags=tag_entities({"device_type": this.device_type}))
+            "cost_usd_all_attempts": every.cost_usd, "attempts": len(records),
+            "preemptions": bill["preemptions"], "lost_steps": bill["lost_steps"],
+            "lost_device_hours": bill["lost_device_hours"], "lost_cost_usd": bill["lost_cost_usd"],
+            "spot_cost_usd": bill["spot_cost_usd"],
+            "on_demand_cost_usd": bill["on_demand_cost_usd"]}),
+            tags=tag_entities({"device_type": this.device_type,
+                               "price_class": this.price_class}))
 
 
 def _png_array(data: bytes):

@@ -211,3 +211,130 @@ def test_a_failed_upload_is_retried_and_reported_a_bug_is_not(s3_service, s3_pre
         buggy.wait()
     assert isinstance(err.value.__cause__, TypeError) and buggy.retries == 0 and not lines
     assert checkpoint.latest(s3_prefix + "/run/stage") is None
+
+
+def _children(pid: int, marker: str) -> list[int]:
+    """Descendants of `pid` whose command line holds `marker` (from /proc, no psutil)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1]
+                                               .split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, ppid in parents.items():
+            if ppid == parent:
+                frontier.append(child)
+                try:
+                    if marker in (Path("/proc") / str(child) / "cmdline").read_text():
+                        found.append(child)
+                except OSError:
+                    pass
+    return found
+
+
+def test_run_stage_restarts_a_preempted_stage_and_bills_the_lost_work(s3_prefix,
+                                                                      mlflow_service, tmp_path):
+    """The launcher (run_stage, what the CLI, DVC and the flow's gpu task call) on spot: the
+    rank gets SIGTERM at step 5 with a grace no save fits in, so the stage resumes from the
+    periodic checkpoint of step 4 (or the start) and the steps after it are lost. It is started
+    again by itself, ends with the weights of an uninterrupted run, and its attempts, its MLflow
+    run and the report's table hold the preemption, the lost work priced at spot and the spot
+    spend."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks.common import attempts
+    from tasks.common.cost import attempts_bill, price
+    from tasks.report.step import attempts_markdown, stage_bills
+    from tasks.train.step import run_stage
+
+    def spot(p):  # no sample prompts: no grid, so no encoders to build
+        return dataclasses.replace(p, cost=dataclasses.replace(p.cost, price_class="spot"),
+                                   train=dataclasses.replace(p.train, sample_prompts=()))
+
+    params = spot(_params(s3_prefix, world=1, every=32, grace=0.0, run="spot", steps=8))
+    _latents(params)
+    stage = params.train.stages[0].name
+    sent: list[int] = []
+
+    def preempt(progress) -> None:
+        if progress.step == 5 and not sent:
+            sent.extend(_children(os.getpid(), "tasks.train.launch"))
+            for pid in sent:
+                os.kill(pid, signal.SIGTERM)
+
+    result = run_stage(params, stage, progress=preempt)
+    assert sent, "no rank was signalled"
+    [record] = result["preemptions"]
+    # Step 4's checkpoint if its upload had finished by the notice, else none (step 0).
+    assert record["step"] >= 5 and record["resumes_from_step"] in (0, 4)
+    assert record["lost_steps"] == record["step"] - record["resumes_from_step"] >= 1
+    assert result["resumed_from_step"] == (record["resumes_from_step"] or None)
+    assert result["steps"] == 8
+
+    straight = spot(_params(s3_prefix, world=1, every=32, grace=0.0, run="straight", steps=8))
+    uninterrupted = run_stage(straight, stage)
+    assert uninterrupted["preemptions"] == [] and uninterrupted["resumed_from_step"] is None
+    a = _weights(result["checkpoint"], tmp_path / "a")
+    b = _weights(uninterrupted["checkpoint"], tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    records = attempts.read(keys.stage_prefix(params, stage))
+    assert [r["status"] for r in records] == ["preempted", "finished"]
+    assert all(r["price_class"] == "spot" for r in records)
+    assert records[0]["lost_steps"] == record["lost_steps"]
+    assert records[0]["lost_seconds"] == record["lost_seconds"] > 0
+    assert records[0]["device_hours"] == pytest.approx(records[0]["seconds"] / 3600)
+    bill = attempts_bill(params.cost, records)
+    lost = price(params.cost, record["lost_seconds"], 1)
+    assert bill["preemptions"] == 1 and bill["attempts"] == 2 and bill["on_demand_cost_usd"] == 0
+    assert bill["lost_cost_usd"] == pytest.approx(lost.cost_usd) and lost.price_class == "spot"
+    assert bill["spot_cost_usd"] == pytest.approx(
+        sum(r["seconds"] for r in records) / 3600 * params.cost.spot_usd_per_gpu_hour["cpu"])
+    assert result["cost"]["bill"] == bill
+
+    run = MlflowClient(tracking_uri=mlflow_service).get_run(result["mlflow_run_id"])
+    m = run.data.metrics
+    assert m["attempts"] == 2 and m["preemptions"] == 1 and m["lost_steps"] == record["lost_steps"]
+    assert m["lost_device_hours"] == pytest.approx(record["lost_seconds"] / 3600)
+    assert m["spot_cost_usd"] == pytest.approx(bill["spot_cost_usd"])
+    assert m["on_demand_cost_usd"] == 0 and run.data.tags["price_class"] == "spot"
+
+    envelopes = [{"step": "train", "seconds": 1.0, "result": {"stages": {stage: result}}}]
+    assert stage_bills(params, envelopes) == {stage: bill}
+    assert f"| {stage} | 2 | 1 | {record['lost_steps']} |" in attempts_markdown({stage: bill})
+
+
+def test_run_stage_does_not_retry_a_bug(s3_prefix, mlflow_service):
+    """A stage with no latents to read fails (exit status 1, not PREEMPTED): raised after one
+    attempt, recorded as failed."""
+    from tasks.common import attempts
+    from tasks.train.step import StagePreempted, run_stage
+
+    params = _params(s3_prefix, world=1, run="bug", steps=2)
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train,
+                                                                   sample_prompts=()))
+    stage = params.train.stages[0].name
+    with pytest.raises(RuntimeError, match="exited with") as err:
+        run_stage(params, stage)
+    assert not isinstance(err.value, StagePreempted)
+    assert [r["status"] for r in attempts.read(keys.stage_prefix(params, stage))] == ["failed"]
+
+
+def test_checkpoint_every_min_saves_on_wall_time_alone(s3_prefix):
+    """No image interval within the stage: train.checkpoint_every_min (here ~6 ms) alone makes
+    the periodic checkpoints, each complete, beside the final one."""
+    params = _params(s3_prefix, world=1, run="every-min", steps=6)
+    params = dataclasses.replace(params, train=dataclasses.replace(
+        params.train, checkpoint_every_min=1e-4, keep_checkpoints=10))
+    _latents(params)
+    stage = params.train.stages[0].name
+    prefix = keys.stage_prefix(params, stage)
+    summary = train(params, stage)
+    saved = checkpoint.saved(prefix)
+    assert len(saved) >= 3 and all(checkpoint.complete(f) for f in saved)
+    assert checkpoint.latest(prefix).step == summary["steps"] == 6
