@@ -37,6 +37,7 @@ from model.ema import EMA
 from model.io import load_weights
 from model.microdit import build_model
 from model.optim import param_groups
+from tasks.common import device as common_device
 from tasks.common.shards import read_manifest
 from tasks.encode.loader import LatentLoader, LoaderConfig
 from tasks.params import Params
@@ -153,8 +154,11 @@ def model_config(train: TrainParams, stage: StageParams) -> MicroDiTConfig:
 
 
 def pick_device(train: TrainParams, d: Dist) -> torch.device:
-    if train.device == "cpu" or (train.device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
+    """train.device as every step reads it (tasks/common/device.py); on CUDA each rank takes
+    the GPU of its local rank."""
+    device = common_device.pick_device(train.device)
+    if device.type != "cuda":
+        return device
     torch.cuda.set_device(d.local_rank)
     return torch.device("cuda", d.local_rank)
 

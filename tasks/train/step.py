@@ -93,17 +93,23 @@ def launch_command(params: Params, stage: str, summary: Path, parent_run_id: str
     """The child's command line; the params travel in its environment (resolved_env).
 
     One process, or torchrun with gpus_per_node processes on each of train.nodes nodes that
-    meet at `endpoint` (node 0's store; a free local port when there is one node)."""
+    meet at `endpoint` (node 0's store; torchrun --standalone when there is one node)."""
     tp = params.train
     args = ["-m", "tasks.train.launch", "--stage", stage, "--summary", str(summary)]
     if parent_run_id:
         args += ["--parent-run-id", parent_run_id]
     if tp.world == 1:
         return [sys.executable, *args]
-    endpoint = endpoint or Endpoint("127.0.0.1", free_port())
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={tp.gpus_per_node}",
-            f"--nnodes={tp.nodes}", f"--node_rank={node_rank}", f"--master_addr={endpoint.host}",
-            f"--master_port={endpoint.port}", *args]
+    torchrun = [sys.executable, "-m", "torch.distributed.run",
+                f"--nproc_per_node={tp.gpus_per_node}"]
+    if tp.nodes == 1:
+        # One node: torchrun's standalone rendezvous picks a free local port itself.
+        return [*torchrun, "--standalone", *args]
+    if endpoint is None:
+        raise ValueError(f"train.nodes is {tp.nodes}: a multi-node stage needs node 0's "
+                         "endpoint (run it through the pipeline flow, flows/nodes.py)")
+    return [*torchrun, f"--nnodes={tp.nodes}", f"--node_rank={node_rank}",
+            f"--master_addr={endpoint.host}", f"--master_port={endpoint.port}", *args]
 
 
 class StagePreempted(RuntimeError):
