@@ -185,6 +185,9 @@ def test_cli_params_file_reaches_the_training_process(s3_prefix, mlflow_service,
     params = _params(s3_prefix, steps=(2, 1))
     params = dataclasses.replace(params, train=dataclasses.replace(
         params.train, run_name="cli-distinct-run"))
+    # The CLI's loss plots go under out_dir: this test's folder, not the checkout's out/.
+    params = dataclasses.replace(params, storage=dataclasses.replace(
+        params.storage, out_dir=str(tmp_path / "out")))
     _latents(params)
     path = _write_params(params, tmp_path / "params.yaml")
     out = tmp_path / "train.json"
@@ -196,3 +199,4 @@ def test_cli_params_file_reaches_the_training_process(s3_prefix, mlflow_service,
         pointer = checkpoint.latest(_stage_prefix(params, name))
         assert pointer is not None and pointer.step == steps
         assert f"/runs/cli-distinct-run/{name}-" in pointer.uri and stages[name]["checkpoint"] == pointer.uri
+        assert (tmp_path / "out" / "plots" / "loss" / f"{name}.csv").exists()
