@@ -48,7 +48,7 @@ services-status:
 
 # Both print their 15 slowest tests: what the CI time (under 30 min, issue 32) is spent on.
 test: setup  ## the whole test suite against real local services (started and stopped here)
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=15 tests
 
 test-fast: setup  ## the suite without the slow end-to-end tests (tests/flows, the store outage)
 	$(PY) -m pytest -q --durations=15 -m "not slow" tests

@@ -55,6 +55,16 @@ def served_mirror(size: CorpusSize = DEMO_SIZE, seed: int = 0) -> Iterator[str]:
             thread.join(timeout=5)
 
 
+def corpus_params(base: Params, key: str, datasets: tuple[str, ...] = TRAIN) -> Params:
+    """`base` with raw, latents and runs under s3://BUCKET/<key>/, training on `datasets` and
+    encoding those and the evaluation set."""
+    storage = dataclasses.replace(base.storage, raw_prefix=f"{key}/raw",
+                                  latents_prefix=f"{key}/latents", runs_prefix=f"{key}/runs")
+    return dataclasses.replace(
+        base, storage=storage, train=dataclasses.replace(base.train, datasets=datasets),
+        encode=dataclasses.replace(base.encode, datasets=(*datasets, base.evaluate.dataset)))
+
+
 def build_corpus(key: str | None = None, size: CorpusSize = DEMO_SIZE,
                  datasets: tuple[str, ...] = TRAIN) -> Params:
     """The demo corpus downloaded and encoded under s3://BUCKET/<key>/{raw,latents}, for tests
@@ -69,12 +79,7 @@ def build_corpus(key: str | None = None, size: CorpusSize = DEMO_SIZE,
     from tasks.models import build_local_models
 
     base = load_params(profile="demo")
-    key = key or f"bench/demo-learning-{uuid.uuid4().hex[:8]}"
-    storage = dataclasses.replace(base.storage, raw_prefix=f"{key}/raw",
-                                  latents_prefix=f"{key}/latents", runs_prefix=f"{key}/runs")
-    params = dataclasses.replace(
-        base, storage=storage, train=dataclasses.replace(base.train, datasets=datasets),
-        encode=dataclasses.replace(base.encode, datasets=(*datasets, base.evaluate.dataset)))
+    params = corpus_params(base, key or f"bench/demo-learning-{uuid.uuid4().hex[:8]}", datasets)
     with served_mirror(size):
         for dataset in params.encode.datasets:
             download(params, dataset)

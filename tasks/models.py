@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from filelock import FileLock
+
 from infra.settings import REPO_ROOT
 from tasks.params import Params, load_params
 
@@ -52,9 +54,13 @@ def build_local_models(params: Params, force: bool = False) -> list[Path]:
         path = Path(name) if Path(name).is_absolute() else REPO_ROOT / name
         if not name.startswith((".", "/")):
             continue  # a hub id: loaded by from_pretrained, never generated
-        if force or not is_current(build, path):
-            build(path)
-            built.append(path)
+        # Parallel test workers (and a demo beside them) may ask for the same folder at once:
+        # one builds, the others wait on the lock and then find it current.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.lock"):
+            if force or not is_current(build, path):
+                build(path)
+                built.append(path)
     return built
 
 

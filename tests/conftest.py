@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,14 +26,31 @@ from tests import user_world as user_world_lib
 # history, credentials) and its own ports, whatever the user has running. A user who ran
 # `make demo` finds the demo's data, runs and registered model as they were (style.md, 13).
 # MB_TEST_STATE_DIR and MB_TEST_PORT_BASE move it, e.g. for two suites side by side.
+USER_ENVIRON_KEY = "MB_TEST_USER_ENVIRON"
 TEST_PORT_OFFSETS = {"s3": 1, "master": 2, "volume": 3, "filer": 4, "mlflow": 5, "prefect": 6,
                      "mirror": 7}
 
 
+# Under pytest-xdist (`make test` runs -n 3) each worker gets a world of its own: the state
+# folder with its name appended and the port base moved up 100 per worker (gw0 21000, gw1 21100,
+# ...; SeaweedFS's gRPC ports, +10000, stay below the kernel's ephemeral range at 32768).
+WORKER_PORT_STEP = 100
+
+
+def worker_index(environ: dict) -> int | None:
+    """This process's pytest-xdist worker number (gw2 -> 2), None outside a worker."""
+    name = environ.get("PYTEST_XDIST_WORKER")
+    return int(name.removeprefix("gw")) if name else None
+
+
 def isolate_from_user_services(environ: dict) -> None:
     """Point every client and service of this process (and its children) at the test world."""
-    environ["MB_STATE_DIR"] = environ.get("MB_TEST_STATE_DIR", str(REPO_ROOT / ".state-test"))
+    state = environ.get("MB_TEST_STATE_DIR", str(REPO_ROOT / ".state-test"))
     base = int(environ.get("MB_TEST_PORT_BASE", "21000"))
+    index = worker_index(environ)
+    if index is not None:
+        state, base = f"{state}-gw{index}", base + WORKER_PORT_STEP * index
+    environ["MB_STATE_DIR"] = state
     for name, offset in TEST_PORT_OFFSETS.items():
         environ[f"MB_{name.upper()}_PORT"] = str(base + offset)
     # The Makefile exports the user's endpoints; the suite replaces them with its own.
@@ -46,8 +65,11 @@ def isolate_from_user_services(environ: dict) -> None:
     settings.export_client_credentials(environ)
 
 
-# The user's world as their tools resolve it (tests/user_world.py), kept before the suite leaves it.
-USER_ENVIRON = dict(os.environ)
+# The user's world as their tools resolve it (tests/user_world.py), kept before the suite leaves
+# it. pytest-xdist workers inherit the controller's environment, already moved to the test
+# world: the controller hands them the user's as JSON.
+USER_ENVIRON = json.loads(os.environ.pop(USER_ENVIRON_KEY, "null")) or dict(os.environ)
+os.environ[USER_ENVIRON_KEY] = json.dumps(USER_ENVIRON)
 isolate_from_user_services(os.environ)
 # The suite's workers look for scheduled flow runs every second instead of Prefect's 10 s: each
 # step of a pipeline test is a flow run of its own, and each would otherwise wait 5 s on average.
@@ -64,16 +86,43 @@ SLOW_PATHS = ("tests/flows/", "tests/infra/test_s3_outage.py", "tests/test_demo_
 USER_WORLD_CHECK = "test_the_suite_leaves_the_users_world_as_it_was"
 
 
+# The longest files (CI's --durations), longest first: pytest-xdist hands tests out in this order,
+# so the long ones start at once on different workers instead of meeting at the end. The tests
+# that read the shared demo corpus (tests/flows/conftest.py) go to one worker as one group, which
+# builds the corpus once.
+LONGEST_FIRST = ("tests/flows/test_dvc.py", "tests/flows/test_budget.py",
+                 "tests/flows/test_secrets.py", "tests/test_demo_learns.py",
+                 "tests/flows/test_pipeline.py", "tests/flows/test_full_structure.py",
+                 "tests/flows/test_multinode.py", "tests/test_masking_ablation.py",
+                 "tests/flows/test_failures.py", "tests/infra/test_s3_outage.py",
+                 "tests/flows/test_watch.py", "tests/flows/test_params_travel.py",
+                 "tests/tasks/test_mlflow_batching.py", "tests/flows/test_fanout.py")
+CORPUS_GROUP = "demo-corpus"
+
+
+def _rank(path: str) -> int:
+    return next((i for i, first in enumerate(LONGEST_FIRST) if path == first),
+                len(LONGEST_FIRST))
+
+
+# tryfirst: the group marks must be on the items before pytest-xdist reads them (its own hook
+# appends "@group" to the test ids under --dist loadgroup).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
+    paths = {}
     for item in items:
         path = str(item.path.relative_to(config.rootpath)) if item.path else ""
+        paths[item.nodeid] = path
         if path.startswith(SLOW_PATHS):
             item.add_marker(pytest.mark.slow)
             # A whole pipeline run (or several) per test: 40 minutes before a hang is called,
             # instead of the 15 that pyproject.toml gives a unit test.
             item.add_marker(pytest.mark.timeout(2400))
+        if {"demo_corpus", "quick_params"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group(CORPUS_GROUP))
     checks = [item for item in items if item.name == USER_WORLD_CHECK]
-    items[:] = [item for item in items if item.name != USER_WORLD_CHECK] + checks
+    rest = [item for item in items if item.name != USER_WORLD_CHECK]
+    items[:] = sorted(rest, key=lambda item: _rank(paths[item.nodeid])) + checks
 
 
 def _ensure(names: list[str]) -> None:
@@ -85,6 +134,7 @@ def _ensure(names: list[str]) -> None:
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
+    _compare_user_world(session)
     if _started:
         workers = [n for n in _started if n.startswith("worker-") or n == "mirror"]
         services.stop_all(workers, term_s=8.0, int_s=3.0)
@@ -140,11 +190,10 @@ def user_environ() -> dict[str, str]:
     return dict(USER_ENVIRON)
 
 
-@pytest.fixture(scope="session")
-def user_world() -> Iterator[user_world_lib.Watch]:
-    """The user's world and its fingerprint before any test ran: the real one when it answers
-    (read only), else a user-like one (S3 and MLflow on the user's ports, a state folder of its
-    own) seeded with what `make demo` leaves, stopped at the end of the session."""
+def _watch_user_world() -> tuple[user_world_lib.Watch, dict[str, str] | None]:
+    """The user's world and its fingerprint now: the real one when it answers (read only), else
+    a user-like one (S3 and MLflow on the user's ports, a state folder of its own) seeded with
+    what `make demo` leaves; with the environment that started the latter (None: the user's)."""
     world = user_world_lib.resolve(USER_ENVIRON)
     environ = None
     if not user_world_lib.answers(world):
@@ -163,7 +212,61 @@ def user_world() -> Iterator[user_world_lib.Watch]:
         user_world_lib.seed(world)
     watch = user_world_lib.Watch(world, user_world_lib.resolve(USER_ENVIRON).state_dir,
                                  environ is not None, {})
-    yield dataclasses.replace(watch, before=watch.now())
+    return dataclasses.replace(watch, before=watch.now()), environ
+
+
+# Under pytest-xdist the controller fingerprints the user's world before any worker starts and
+# compares it after every worker has finished (each worker's session sees only its own tests);
+# the check test in a worker compares against the controller's fingerprint, handed over in a file.
+USER_WORLD_FILE_KEY = "MB_TEST_USER_WORLD"
+_controller_watch: list[tuple[user_world_lib.Watch, dict[str, str] | None]] = []
+
+
+def _is_xdist_controller(config) -> bool:
+    return (worker_index(os.environ) is None
+            and (getattr(config.option, "numprocesses", None) or 0) != 0
+            and not getattr(config.option, "collectonly", False))
+
+
+def pytest_sessionstart(session) -> None:
+    if not _is_xdist_controller(session.config):
+        return
+    watch, environ = _watch_user_world()
+    _controller_watch.append((watch, environ))
+    path = settings.state_dir() / "user-world.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(watch.dumps())
+    os.environ[USER_WORLD_FILE_KEY] = str(path)
+
+
+def _compare_user_world(session) -> None:
+    """The controller's comparison, after every worker has finished."""
+    if not _controller_watch:
+        return
+    watch, environ = _controller_watch.pop()
+    try:
+        changed = user_world_lib.differences(watch.before, watch.now())
+    finally:
+        if environ is not None:
+            user_world_lib.services(environ, "down")
+    if changed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_line("FAILED the suite changed the user's world:\n"
+                            + "\n".join(changed[:40]), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def user_world() -> Iterator[user_world_lib.Watch]:
+    """The user's world and its fingerprint before any test ran (in a pytest-xdist worker: the
+    controller's, which also stops what it started); a user-like world started here is stopped
+    at the end of the session."""
+    handed = os.environ.get(USER_WORLD_FILE_KEY)
+    if handed and worker_index(os.environ) is not None:
+        yield user_world_lib.Watch.loads(Path(handed).read_text())
+        return
+    watch, environ = _watch_user_world()
+    yield watch
     if environ is not None:
         user_world_lib.services(environ, "down")
 

@@ -28,12 +28,14 @@ def test_journeydb_plan_benchmark_plans_every_row():
 
 
 def test_demo_learning_narrows_the_demo_to_one_scored_stage_on_captioned_data():
-    from benchmarks.demo_learning import TRAIN, chain_params
+    from benchmarks.demo_learning import TRAIN, chain_params, corpus_params
 
-    params = chain_params(load_params(profile="demo"), steps=900, mask=0.0, prompts=48)
+    corpus = corpus_params(load_params(profile="demo"), "bench/x")
+    params = chain_params(corpus, steps=900, mask=0.0, prompts=48)
     (stage,) = params.train.stages
     assert stage.steps == 900 and stage.mask_ratio == 0.0 and params.train.global_batch == 64
     assert params.train.datasets == TRAIN and "sa1b" not in params.encode.datasets
+    assert params.storage.latents_prefix == "bench/x/latents"
     assert params.evaluate.num_samples == 48 and params.evaluate.extra_stages == ()
 
 

@@ -201,7 +201,22 @@ class Watch:
     before: dict[str, Any]
 
     def now(self) -> dict[str, Any]:
-        return {**fingerprint(self.world), "files": checkout_files(self.users_state)}
+        # As JSON would carry it (tuples as lists): a fingerprint read back from a file (the
+        # pytest-xdist controller hands its workers one) compares equal to a fresh one.
+        return json.loads(json.dumps({**fingerprint(self.world),
+                                      "files": checkout_files(self.users_state)}))
+
+    def dumps(self) -> str:
+        return json.dumps({"environ": self.world.environ, "state_dir": str(self.world.state_dir),
+                           "ports": self.world.ports, "mlflow_uri": self.world.mlflow_uri,
+                           "users_state": str(self.users_state), "seeded": self.seeded,
+                           "before": self.before})
+
+    @staticmethod
+    def loads(text: str) -> "Watch":
+        data = json.loads(text)
+        world = World(data["environ"], Path(data["state_dir"]), data["ports"], data["mlflow_uri"])
+        return Watch(world, Path(data["users_state"]), data["seeded"], data["before"])
 
 
 def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:

@@ -3,12 +3,11 @@ parent run ends FAILED with the plan, and allow_over_budget lets the same run th
 
 from __future__ import annotations
 
-import yaml
 from mlflow.tracking import MlflowClient
 from prefect.deployments import run_deployment
 
 from flows.deploy import deploy
-from infra.settings import REPO_ROOT, mlflow_uri
+from infra.settings import mlflow_uri
 
 
 def _pipeline_runs(client: MlflowClient, name: str):
@@ -17,11 +16,9 @@ def _pipeline_runs(client: MlflowClient, name: str):
         filter_string=f"tags.kind = 'pipeline' and attributes.run_name = '{name}'")
 
 
-def test_over_budget_run_is_refused_and_recorded(pipeline_services, tmp_path):
-    path = tmp_path / "tight.yaml"
-    path.write_text(yaml.safe_dump({
-        "extends": str(REPO_ROOT / "params.yaml"), "profile": "demo",
-        "overrides": {"cost": {"budget_usd": 1.0e-9}}}))
+def test_over_budget_run_is_refused_and_recorded(quick_params, tmp_path):
+    # The session's demo corpus: the allowed download finds every shard committed.
+    path = quick_params({"cost": {"budget_usd": 1.0e-9}}, name="tight")
     deploy()
     refused = run_deployment("micro-budget/full", timeout=300,
                              parameters={"params_path": str(path),

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from infra.dvc_remote import configure
@@ -17,8 +18,9 @@ BIN = Path(sys.executable).parent
 OUTS = ("download.json", "caption.json", "encode.json", "train.json", "report.json", "report.md")
 
 
-def _fresh_copy(dest: Path) -> Path:
-    """The tracked files as they are now, in a new git repository, sharing the service state."""
+def _fresh_copy(dest: Path, storage: dict[str, str]) -> Path:
+    """The tracked files as they are now, in a new git repository, on the suite's services (its
+    state folder: MB_STATE_DIR), the tiny models and the `storage` prefixes."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, check=True,
                            capture_output=True).stdout.decode().split("\0")
     for name in filter(None, files):
@@ -26,23 +28,26 @@ def _fresh_copy(dest: Path) -> Path:
         if source.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
-    (dest / ".state").symlink_to(REPO_ROOT / ".state")  # credentials and the tiny models
-    _quick_training(dest / "params.yaml")
+    # params.yaml names the tiny models relative to the repository; they are only read.
+    (dest / ".state").mkdir()
+    (dest / ".state" / "models").symlink_to(REPO_ROOT / ".state" / "models")
+    _quick_training(dest / "params.yaml", storage)
     for args in (["init", "-q"], ["add", "-A"],
                  ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "fresh"]):
         subprocess.run(["git", *args], cwd=dest, check=True)
     return dest
 
 
-def _quick_training(path: Path) -> None:
-    """The copy's demo block with tests/params/quick_demo.yaml's few-step training and scoring:
-    these tests check what DVC redoes, not learning."""
+def _quick_training(path: Path, storage: dict[str, str]) -> None:
+    """The copy's demo block with tests/params/quick_demo.yaml's few-step training and scoring
+    (these tests check what DVC redoes, not learning) and the given storage prefixes."""
     import yaml
 
     quick = yaml.safe_load((REPO_ROOT / "tests" / "params" / "quick_demo.yaml").read_text())
     data = yaml.safe_load(path.read_text())
     for section, values in quick["overrides"].items():
         data["demo"][section].update(values)
+    data["demo"]["storage"].update(storage)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
@@ -54,8 +59,8 @@ def _dvc(repo: Path, *args: str, timeout: int = 900) -> str:
     return done.stdout + done.stderr
 
 
-def test_dvc_repro_push_pull_on_a_fresh_copy(pipeline_services, tmp_path):
-    repo = _fresh_copy(tmp_path / "repo")
+def test_dvc_repro_push_pull_on_a_fresh_copy(demo_corpus, tmp_path):
+    repo = _fresh_copy(tmp_path / "repo", demo_corpus.storage)  # only reads the corpus
     configure(repo)
     _dvc(repo, "repro")
     evaluation = json.loads((repo / "out" / "evaluate.json").read_text())
@@ -112,11 +117,14 @@ def _commit(repo: Path, message: str) -> None:
                    cwd=repo, check=True)
 
 
-def test_dvc_repro_redoes_exactly_what_changed(pipeline_services, tmp_path):
+def test_dvc_repro_redoes_exactly_what_changed(demo_corpus, tmp_path):
     """Outputs are keyed by the params and inputs that made them: a changed stage learning rate
     retrains that stage onwards and re-evaluates; a changed caption length recaptions SA-1B and
     re-encodes only its latents; an unchanged repro runs nothing."""
-    repo = _fresh_copy(tmp_path / "repo")
+    # The corpus's raw shards (new captions go beside the others, under their own key); latents
+    # of its own, since the new captions re-encode SA-1B.
+    latents = f"test/{uuid.uuid4().hex[:12]}/latents"
+    repo = _fresh_copy(tmp_path / "repo", {**demo_corpus.storage, "latents_prefix": latents})
     configure(repo)
     _dvc(repo, "repro")
     _commit(repo, "baseline")
