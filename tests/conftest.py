@@ -51,6 +51,9 @@ def isolate_from_user_services(environ: dict) -> None:
     if index is not None:
         state, base = f"{state}-gw{index}", base + WORKER_PORT_STEP * index
     environ["MB_STATE_DIR"] = state
+    # The base this process's world uses: tests that start services of their own beside it
+    # (test_services.py, test_join.py) take ports above it.
+    environ["MB_TEST_WORLD_PORT_BASE"] = str(base)
     for name, offset in TEST_PORT_OFFSETS.items():
         environ[f"MB_{name.upper()}_PORT"] = str(base + offset)
     # The Makefile exports the user's endpoints; the suite replaces them with its own.

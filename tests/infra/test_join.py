@@ -22,7 +22,7 @@ from infra import settings
 from infra.settings import REPO_ROOT
 
 HOST = "127.0.0.2"
-_BASE = int(os.environ.get("MB_TEST_PORT_BASE", "21000")) + 70
+_BASE = int(os.environ["MB_TEST_WORLD_PORT_BASE"]) + 70
 PORTS = {f"MB_{name}_PORT": str(_BASE + i) for i, name in enumerate(
     ("S3", "MASTER", "VOLUME", "FILER", "MLFLOW", "PREFECT", "MIRROR"))}
 

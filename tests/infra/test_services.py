@@ -16,7 +16,7 @@ from infra.settings import REPO_ROOT
 
 # Ports of their own, beside the suite's (MB_TEST_PORT_BASE + 1..7, gRPC + 10000), so two
 # suites side by side on other bases never meet here either.
-_BASE = int(os.environ.get("MB_TEST_PORT_BASE", "21000")) + 50
+_BASE = int(os.environ["MB_TEST_WORLD_PORT_BASE"]) + 50
 ALT_PORTS = {f"MB_{name}_PORT": str(_BASE + i) for i, name in enumerate(
     ("S3", "MASTER", "VOLUME", "FILER", "MLFLOW", "PREFECT", "MIRROR"))}
 
