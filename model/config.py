@@ -10,6 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
+# SDPA kernels a model may pin; "auto" leaves the choice to torch (model/layers.py attention).
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+# Fields that choose kernels, not weights: a model built with any values loads the weights of a
+# model built with any others (model/io.py), so they are not saved with the weights.
+KERNEL_FIELDS = frozenset({"attention_backend", "fused_swiglu"})
+
 
 @dataclass(frozen=True)
 class MicroDiTConfig:
@@ -37,6 +43,8 @@ class MicroDiTConfig:
     moe_every: int = 2  # blocks 1, 3, 5, ... (with 2) hold an MoE FFN; 0 disables MoE
     pos_interp_scale: float = 1.0  # position-grid divisor: 1 at 256 px, 2 at 512 px
     norm_eps: float = 1e-6  # LayerNorm epsilon
+    attention_backend: str = "auto"  # one of ATTENTION_BACKENDS; pinned for every attention
+    fused_swiglu: bool = False  # one (2 x hidden, D) GEMM for SwiGLU's w1 and w2 instead of two
 
     def __post_init__(self) -> None:
         positive = ("input_size", "latent_channels", "patch_size", "dim", "depth", "head_dim",
@@ -66,6 +74,9 @@ class MicroDiTConfig:
         if self.attn_ratio_end > 1.0:
             raise ValueError(f"attn_ratio_end {self.attn_ratio_end} must be <= 1 "
                              "(attention is never wider than D)")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend {self.attention_backend!r} is not one of "
+                             f"{list(ATTENTION_BACKENDS)}")
 
     @property
     def grid_size(self) -> int:

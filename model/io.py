@@ -2,7 +2,9 @@
 
 The position embedding is not stored (it follows from the config), so weights trained at one
 resolution load into a model built for another: stage 3 builds the 512 px model
-(input_size 64, pos_interp_scale 2) and calls load_weights with the 256 px folder.
+(input_size 64, pos_interp_scale 2) and calls load_weights with the 256 px folder. Kernel
+fields (KERNEL_FIELDS) are not stored either: the loading side picks its own kernels, and a fused
+SwiGLU loads unfused weights and back (model/layers.py SwiGLU).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model.config import MicroDiTConfig
+from model.config import KERNEL_FIELDS, MicroDiTConfig
 from model.ema import unwrap
 from model.microdit import MicroDiT, build_model
 
@@ -34,7 +36,8 @@ def save_pretrained(model: nn.Module, directory: str | Path,
         raise TypeError(f"save_pretrained expects a MicroDiT, got {type(net).__name__}")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"architecture": "MicroDiT", **asdict(net.config)}
+    architecture = {k: v for k, v in asdict(net.config).items() if k not in KERNEL_FIELDS}
+    config = {"architecture": "MicroDiT", **architecture}
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     source = net.state_dict() if state is None else state
     tensors = {name: t.detach().cpu().contiguous() for name, t in source.items()}
@@ -56,10 +59,11 @@ def load_config(directory: str | Path) -> MicroDiTConfig:
 
 
 def load_weights(model: MicroDiT, directory: str | Path) -> MicroDiT:
-    """Load saved weights into `model`, whose config may differ only in resolution fields."""
+    """Load saved weights into `model`, whose config may differ only in resolution and kernel
+    fields."""
     saved = load_config(directory)
     differ = sorted(f.name for f in fields(MicroDiTConfig)
-                    if f.name not in RESOLUTION_FIELDS
+                    if f.name not in RESOLUTION_FIELDS | KERNEL_FIELDS
                     and getattr(saved, f.name) != getattr(model.config, f.name))
     if differ:
         raise ValueError(f"{directory}: architecture differs from the model in {differ}")
@@ -71,10 +75,12 @@ def load_weights(model: MicroDiT, directory: str | Path) -> MicroDiT:
 
 def from_pretrained(directory: str | Path, device: torch.device | str = "cpu",
                     dtype: torch.dtype | None = None, **overrides: object) -> MicroDiT:
-    """Build the saved model (optionally at another resolution via overrides) and load it."""
-    bad = sorted(set(overrides) - RESOLUTION_FIELDS)
+    """Build the saved model (optionally at another resolution or with other kernels via
+    overrides) and load it."""
+    allowed = RESOLUTION_FIELDS | KERNEL_FIELDS
+    bad = sorted(set(overrides) - allowed)
     if bad:
-        raise ValueError(f"only {sorted(RESOLUTION_FIELDS)} can be overridden, got {bad}")
+        raise ValueError(f"only {sorted(allowed)} can be overridden, got {bad}")
     config = replace(load_config(directory), **overrides)
     model = load_weights(build_model(config).to(device), directory)
     return model.to(dtype) if dtype is not None else model

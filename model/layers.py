@@ -2,6 +2,8 @@
 
 Linear layers inside attention and FFNs have no bias and LayerNorms have a scale but no bias, as
 in the reference; the embedding MLPs, adaLN projections and the output layer keep their biases.
+Two kernel options change how the maths runs, not its result: the attention backend pins one
+SDPA kernel, and a fused SwiGLU computes w1 x and w2 x in one GEMM.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def layer_norm(dim: int, eps: float) -> nn.LayerNorm:
@@ -99,6 +102,23 @@ def _qk_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.layer_norm(x, (x.shape[-1],), eps=eps).to(x.dtype)
 
 
+# MicroDiTConfig.attention_backend names (model/config.py ATTENTION_BACKENDS) -> torch kernels.
+SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                 "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
+    """SDPA over (B, H, T, hd) queries and (B, H, L, hd) keys/values -> (B, H, T, hd).
+
+    "auto" lets torch pick the kernel per call; any other name pins that kernel, and torch raises
+    "No viable backend" where it cannot run these inputs (efficient or cudnn on a CPU).
+    """
+    if backend == "auto":
+        return F.scaled_dot_product_attention(q, k, v)
+    with sdpa_kernel(SDPA_BACKENDS[backend]):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
 def _split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     batch, tokens, width = x.shape
     return x.view(batch, tokens, width // head_dim, head_dim).transpose(1, 2)  # (B, H, T, hd)
@@ -112,29 +132,31 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
 class SelfAttention(nn.Module):
     """Multi-head self-attention at width attn_dim (<= dim), QK-norm, fused SDPA kernel."""
 
-    def __init__(self, dim: int, attn_dim: int, head_dim: int, eps: float) -> None:
+    def __init__(self, dim: int, attn_dim: int, head_dim: int, eps: float,
+                 backend: str = "auto") -> None:
         super().__init__()
         self.head_dim = head_dim
         self.eps = eps
+        self.backend = backend
         self.qkv = nn.Linear(dim, 3 * attn_dim, bias=False)
         self.proj = nn.Linear(attn_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # 3 x (B, T, attn_dim)
         q, k = _qk_norm(q, self.eps), _qk_norm(k, self.eps)
-        out = F.scaled_dot_product_attention(_split_heads(q, self.head_dim),
-                                             _split_heads(k, self.head_dim),
-                                             _split_heads(v, self.head_dim))
+        out = attention(_split_heads(q, self.head_dim), _split_heads(k, self.head_dim),
+                        _split_heads(v, self.head_dim), self.backend)
         return self.proj(_merge_heads(out))
 
 
 class CrossAttention(nn.Module):
     """Image tokens attend to caption tokens (both at width dim), QK-norm, fused SDPA kernel."""
 
-    def __init__(self, dim: int, head_dim: int, eps: float) -> None:
+    def __init__(self, dim: int, head_dim: int, eps: float, backend: str = "auto") -> None:
         super().__init__()
         self.head_dim = head_dim
         self.eps = eps
+        self.backend = backend
         self.q = nn.Linear(dim, dim, bias=False)
         self.kv = nn.Linear(dim, 2 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
@@ -143,34 +165,58 @@ class CrossAttention(nn.Module):
         q = _qk_norm(self.q(x), self.eps)  # (B, T, D)
         k, v = self.kv(context).chunk(2, dim=-1)  # 2 x (B, L, D)
         k = _qk_norm(k, self.eps)
-        out = F.scaled_dot_product_attention(_split_heads(q, self.head_dim),
-                                             _split_heads(k, self.head_dim),
-                                             _split_heads(v, self.head_dim))
+        out = attention(_split_heads(q, self.head_dim), _split_heads(k, self.head_dim),
+                        _split_heads(v, self.head_dim), self.backend)
         return self.proj(_merge_heads(out))
 
 
 class SwiGLU(nn.Module):
-    """w3(silu(w1 x) * w2 x), no biases."""
+    """w3(silu(w1 x) * w2 x), no biases.
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    fused: w12 holds w1's rows, then w2's, so both inputs come from one GEMM over x. Either form
+    loads the other's state dict (w1/w2 are stacked or w12 split on load); the parameter count
+    is the same.
+    """
+
+    def __init__(self, dim: int, hidden: int, fused: bool = False) -> None:
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(dim, hidden, bias=False)
+        self.hidden = hidden
+        self.fused = fused
+        if fused:
+            self.w12 = nn.Linear(dim, 2 * hidden, bias=False)
+        else:
+            self.w1 = nn.Linear(dim, hidden, bias=False)
+            self.w2 = nn.Linear(dim, hidden, bias=False)
         self.w3 = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            gate, value = self.w12(x).chunk(2, dim=-1)  # 2 x (B, T, hidden)
+            return self.w3(F.silu(gate) * value)
         return self.w3(F.silu(self.w1(x)) * self.w2(x))
+
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str,
+                              *args: object) -> None:
+        # Runs before the child Linears read their keys: rewrite the other form's keys into this
+        # one's. `state_dict` is load_state_dict's own copy, so the caller's dict is untouched.
+        w1, w2, w12 = (f"{prefix}{name}.weight" for name in ("w1", "w2", "w12"))
+        if self.fused and w1 in state_dict and w2 in state_dict:
+            state_dict[w12] = torch.cat([state_dict.pop(w1), state_dict.pop(w2)])
+        elif not self.fused and w12 in state_dict:
+            state_dict[w1], state_dict[w2] = state_dict.pop(w12).chunk(2)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 class CaptionBlock(nn.Module):
     """Pre-LN transformer block over caption tokens: self-attention, then SwiGLU FFN."""
 
-    def __init__(self, dim: int, head_dim: int, ffn_hidden: int, eps: float) -> None:
+    def __init__(self, dim: int, head_dim: int, ffn_hidden: int, eps: float,
+                 backend: str = "auto", fused_swiglu: bool = False) -> None:
         super().__init__()
         self.norm1 = layer_norm(dim, eps)
-        self.attn = SelfAttention(dim, dim, head_dim, eps)
+        self.attn = SelfAttention(dim, dim, head_dim, eps, backend)
         self.norm2 = layer_norm(dim, eps)
-        self.ffn = SwiGLU(dim, ffn_hidden)
+        self.ffn = SwiGLU(dim, ffn_hidden, fused_swiglu)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         y = y + self.attn(self.norm1(y))

@@ -37,13 +37,14 @@ class DiTBlock(nn.Module):
         super().__init__()
         eps = cfg.norm_eps
         self.norm1 = layer_norm(spec.dim, eps)
-        self.attn = SelfAttention(spec.dim, spec.attn_dim, cfg.head_dim, eps)
+        self.attn = SelfAttention(spec.dim, spec.attn_dim, cfg.head_dim, eps,
+                                  cfg.attention_backend)
         self.norm2 = layer_norm(spec.dim, eps)
-        self.cross_attn = CrossAttention(spec.dim, cfg.head_dim, eps)
+        self.cross_attn = CrossAttention(spec.dim, cfg.head_dim, eps, cfg.attention_backend)
         self.norm3 = layer_norm(spec.dim, eps)
         self.ffn: nn.Module = (
             ExpertChoiceMoE(spec.dim, spec.ffn_hidden, cfg.num_experts, cfg.expert_capacity)
-            if spec.moe else SwiGLU(spec.dim, spec.ffn_hidden))
+            if spec.moe else SwiGLU(spec.dim, spec.ffn_hidden, cfg.fused_swiglu))
         self.adaLN = nn.Sequential(nn.GELU(approximate="tanh"), nn.Linear(cond_dim, 6 * spec.dim))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -51,6 +52,14 @@ class DiTBlock(nn.Module):
         x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))
         x = x + self.cross_attn(self.norm2(x), y)
         return x + gate2.unsqueeze(1) * self.ffn(modulate(self.norm3(x), shift2, scale2))
+
+
+def _swiglu_inputs(ffn: SwiGLU) -> tuple[torch.Tensor, torch.Tensor]:
+    """w1 and w2 of a SwiGLU, as views of w12 when fused: initialised in place, in the same order
+    and shapes as the unfused pair, so a seed gives both forms the same weights."""
+    if ffn.fused:
+        return ffn.w12.weight[:ffn.hidden], ffn.w12.weight[ffn.hidden:]  # 2 x (hidden, D)
+    return ffn.w1.weight, ffn.w2.weight
 
 
 def _width_map(in_dim: int, out_dim: int, eps: float) -> nn.Module:
@@ -75,7 +84,8 @@ class MicroDiT(nn.Module):
         self.t_embed = TimestepEmbedder(dim, cfg.timestep_freq_dim)
         self.caption_proj = Mlp(cfg.caption_dim, dim, dim, eps)
         self.caption_block = CaptionBlock(
-            dim, cfg.head_dim, ffn_hidden(dim, cfg.caption_ffn_ratio, cfg.multiple_of, False), eps)
+            dim, cfg.head_dim, ffn_hidden(dim, cfg.caption_ffn_ratio, cfg.multiple_of, False), eps,
+            cfg.attention_backend, cfg.fused_swiglu)
         self.pooled_proj = Mlp(dim, dim, dim, eps)
 
         mixer_dim = cfg.mixer_dim if cfg.mixer_depth else dim
@@ -117,8 +127,9 @@ class MicroDiT(nn.Module):
 
         caption = self.caption_block
         nn.init.trunc_normal_(caption.attn.qkv.weight, std=0.02)
-        nn.init.trunc_normal_(caption.ffn.w1.weight, std=0.02)
-        nn.init.trunc_normal_(caption.ffn.w2.weight, std=0.02)
+        w1, w2 = _swiglu_inputs(caption.ffn)
+        nn.init.trunc_normal_(w1, std=0.02)
+        nn.init.trunc_normal_(w2, std=0.02)
         # Zero outputs: the caption block starts as the identity on the projected tokens.
         nn.init.zeros_(caption.attn.proj.weight)
         nn.init.zeros_(caption.ffn.w3.weight)
@@ -139,8 +150,9 @@ class MicroDiT(nn.Module):
             nn.init.trunc_normal_(ffn.w1, std=0.02)
             nn.init.trunc_normal_(ffn.w2, std=out_std)
         else:
-            nn.init.trunc_normal_(ffn.w1.weight, std=0.02)
-            nn.init.trunc_normal_(ffn.w2.weight, std=out_std)
+            w1, w2 = _swiglu_inputs(ffn)
+            nn.init.trunc_normal_(w1, std=0.02)
+            nn.init.trunc_normal_(w2, std=out_std)
             nn.init.trunc_normal_(ffn.w3.weight, std=out_std)
         nn.init.zeros_(block.adaLN[-1].weight)
 

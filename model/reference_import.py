@@ -150,7 +150,8 @@ def convert(state: dict[str, torch.Tensor], config: MicroDiTConfig) -> dict[str,
     """
     state = strip_wrapper(state)
     with torch.device("meta"):
-        expected = MicroDiT(config).state_dict()
+        # The reference's layout has w1 and w2 apart; a fused model stacks them on load.
+        expected = MicroDiT(replace(config, fused_swiglu=False)).state_dict()
     out: dict[str, torch.Tensor] = {}
     unmapped, wrong, wrong_targets = [], [], set()
     for key, value in state.items():
