@@ -53,6 +53,9 @@ class TrainParams:
     nodes: int = 1
     backend: Literal["ddp", "fsdp"] = "ddp"  # fsdp: fully_shard per transformer block
     compile: bool = False
+    # torch.compile mode when compile is on; "default" until a GPU run measures the others.
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune",
+                          "max-autotune-no-cudagraphs"] = "default"
     precision: Literal["bf16", "fp32"] = "bf16"  # autocast dtype on GPU; CPU runs fp32
     device: Literal["auto", "cpu", "cuda"] = "auto"
     weight_decay: float = 0.1

@@ -18,9 +18,9 @@ from tasks.train import checkpoint
 
 # Layout of the work, not its result (a stage resumes on another GPU count or backend).
 TRAIN_EXECUTION_ONLY = ("run_name", "micro_batch", "gpus_per_node", "nodes", "backend",
-                        "compile", "device", "log_every", "sample_prompts", "sample_steps",
-                        "checkpoint_every_images", "checkpoint_every_min", "preempt_grace_s",
-                        "max_preemptions", "keep_checkpoints", "gpu_memory_gib",
+                        "compile", "compile_mode", "device", "log_every", "sample_prompts",
+                        "sample_steps", "checkpoint_every_images", "checkpoint_every_min",
+                        "preempt_grace_s", "max_preemptions", "keep_checkpoints", "gpu_memory_gib",
                         "shard_cache_dir", "shard_cache_gib", "stages")
 STAGE_EXECUTION_ONLY = ("micro_batch", "activation_checkpointing")
 

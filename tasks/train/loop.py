@@ -294,7 +294,7 @@ def train(params: Params, stage_name: str, log: Logger | None = None, *,
     precond = EDMPrecond(model)
     if tp.compile:
         # Compile only the network; EMA, sampling and evaluation use the uncompiled modules.
-        precond.net = torch.compile(model)
+        precond.net = torch.compile(model, mode=tp.compile_mode)
     # Captions are dropped by the loader (p = 0.1), not again by the loss.
     loss_fn = EDMLoss(p_mean=stage.p_mean, p_std=stage.p_std, caption_drop_prob=0.0)
     generator = torch.Generator(device)

@@ -46,6 +46,16 @@ def test_invalid_value_is_rejected_with_reason():
         parse_params(data)
 
 
+def test_compile_mode_outside_torch_compile_modes_is_rejected():
+    data = _repo_params()
+    data["full"]["train"]["compile_mode"] = "max_autotune"
+    with pytest.raises(ConfigError, match=r"full\.train\.compile_mode: 'max_autotune' is not "
+                                          r"one of \['default', 'reduce-overhead'"):
+        parse_params(data)
+    data["full"]["train"]["compile_mode"] = "max-autotune"
+    assert parse_params(data, profile="full").train.compile_mode == "max-autotune"
+
+
 def test_unknown_profile_and_top_level_key():
     data = _repo_params()
     with pytest.raises(ConfigError, match="profile: 'large' is not one of"):

@@ -68,7 +68,7 @@ def test_stage_folders_follow_what_decides_the_weights(s3_prefix):
     # How the work is laid out does not: GPU count, micro-batch, checkpointing, logging.
     layout = dataclasses.replace(params, train=dataclasses.replace(
         params.train, gpus_per_node=2, micro_batch=4, log_every=1, keep_checkpoints=5,
-        checkpoint_every_images=8, compile=True))
+        checkpoint_every_images=8, compile=True, compile_mode="max-autotune"))
     layout = _with_stage(layout, 1, micro_batch=2, activation_checkpointing=True)
     assert _prefixes(layout) == [s1, s2, s3]
 
