@@ -36,7 +36,7 @@ def scenes_and_images(count: int, seed: int) -> tuple[list, torch.Tensor]:
 
 def read_back(scenes: list, images: np.ndarray) -> dict:
     """Accuracy per attribute and the shape confusion of uint8 (N, 3, H, W) images."""
-    from tasks.evaluate.attributes import accuracy, classify
+    from demo.attributes import accuracy, classify
 
     got = [classify(image) for image in images]
     confusion = collections.Counter(f"{want.shape} -> {read.shape if read else None}"

@@ -1,7 +1,7 @@
 """Does the demo chain learn? The demo profile's model through the pipeline's own code: mirror
 (demo size) -> download -> encode (trained demo VAE, word-level tiny text tower) -> the training
 loop on S3 latent shards -> the evaluate step, whose prompt-following score
-(tasks/evaluate/attributes.py) and FID it prints.
+(demo/attributes.py) and FID it prints.
 
     make services-up
     python -m benchmarks.demo_learning --share 0.5 --seeds 0 1 2   # the demo recipe, every
@@ -127,9 +127,9 @@ def latents_depict_captions(params: Params, per_dataset: int = 60) -> dict[str, 
     import torch
     from diffusers import AutoencoderKL
 
+    from demo.attributes import accuracy, classify, parse_prompt
     from tasks.common.shards import iter_shard, read_manifest
     from tasks.encode.preprocess import npy_load
-    from tasks.evaluate.attributes import accuracy, classify, parse_prompt
     from tasks.evaluate.generate import decode
 
     vae = AutoencoderKL.from_pretrained(params.encode.vae).eval()

@@ -9,7 +9,7 @@ Every run draws demo scenes (infra/mirror/corpus.py: one shape of one color in o
 a background), encodes them with the demo's trained VAE and random-init text tower
 (`python -m tasks.models` builds both), trains a demo-width MicroDiT with the project's EDM loss,
 masking and EMA, samples COCO-style prompts with the Heun sampler and scores the decoded images
-with the fixed attribute classifier (tasks/evaluate/attributes.py) and FID against freshly drawn
+with the fixed attribute classifier (demo/attributes.py) and FID against freshly drawn
 real scenes (the fid-helper Inception).
 
 Variants (reference.md, "Ablations": small-scale FID 3.79 / 16.5 / 5.03):
@@ -37,6 +37,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from demo import attributes
 from infra.mirror import corpus
 from model.config import MicroDiTConfig, preset
 from model.edm import EDMLoss, EDMPrecond, edm_heun_sampler, sample_noise
@@ -44,7 +45,6 @@ from model.ema import EMA
 from model.flops import forward_flops
 from model.microdit import build_model
 from model.optim import param_groups
-from tasks.evaluate import attributes
 
 VARIANTS = {"none": (0.0, True), "naive": (0.75, False), "deferred": (0.75, True)}
 PAPER_FID = {"none": 3.79, "naive": 16.5, "deferred": 5.03}  # reference.md, small scale
@@ -283,8 +283,8 @@ def score_fid(cfg: AblationConfig, results: list[dict[str, Any]],
               images: dict[str, np.ndarray]) -> bool:
     """FID of each run's images against the real scenes, where the fid-helper Inception is
     installed (not on the GPU machine: its 87 MB do not travel); False when it is not."""
-    from tasks.evaluate.inception import inception_path
     from tasks.evaluate.config import FID_HELPER
+    from tasks.evaluate.inception import inception_path
 
     try:
         inception_path(FID_HELPER)

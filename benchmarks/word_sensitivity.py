@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
+from demo.attributes import BACKGROUNDS, COLORS, SHAPES, Scene
 from model.edm import EDMPrecond, sample_noise
-from tasks.evaluate.attributes import BACKGROUNDS, COLORS, SHAPES, Scene
 from tasks.evaluate.encoders import load_encoders
 from tasks.evaluate.generate import TextEncoder, fetch_checkpoint, load_ema_model
 from tasks.params import load_params
@@ -133,8 +133,8 @@ def position_error(want: str, got: str) -> str | None:
 
 def position_errors(samples: str) -> dict[str, int]:
     """Counts of right, horizontal, vertical, diagonal and unread over the seen-pair samples."""
+    from demo.attributes import classify, parse_prompt
     from tasks.common.shards import read_manifest
-    from tasks.evaluate.attributes import classify, parse_prompt
     from tasks.evaluate.generate import iter_generated
 
     manifest = read_manifest(samples.removesuffix("/manifest.json"))

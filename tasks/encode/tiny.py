@@ -52,8 +52,8 @@ BOS, EOS = 512, 513  # ids after the 2 x 256 byte tokens; merged words follow fr
 
 def demo_words() -> list[str]:
     """Every word of the demo captions: the caption templates and the attribute vocabulary."""
+    from demo.attributes import BACKGROUNDS, COLORS, POSITIONS, SHAPES
     from infra.mirror.corpus import STYLES
-    from tasks.evaluate.attributes import BACKGROUNDS, COLORS, POSITIONS, SHAPES
 
     text = " ".join([*(t for templates in STYLES.values() for t in templates), *SHAPES,
                      *COLORS, *BACKGROUNDS, *POSITIONS])

@@ -19,12 +19,12 @@ from typing import Any, Callable
 import torch
 import torchmetrics
 
+from demo.attributes import prompt_following, report_prompts
 from infra import s3
 from tasks.common.device import pick_device
 from tasks.common.errors import OperationalError
 from tasks.common.shards import Manifest, read_manifest
 from tasks.download.config import originals_dataset
-from tasks.evaluate.attributes import prompt_following, report_prompts
 from tasks.evaluate.config import EvaluateParams
 from tasks.evaluate.generate import (Checkpoint, TextEncoder, cached_prompts, check_compatible,
                                      fetch_checkpoint, generate_missing, generation_protocol,
@@ -172,7 +172,7 @@ def evaluate(params: Params, checkpoint_source: str, encoders_loader: EncodersLo
     grid = grid_png([image for image, _ in shown], [prompt for _, prompt in shown])
     result = {"checkpoint": checkpoint_source, "checkpoint_digest": generated.checkpoint.digest,
               "fid": fid_value(fid), "clip_score": clip_score(ev, samples, device),
-              # demo vocabulary only (tasks/evaluate/attributes.py); None for other prompts
+              # demo vocabulary only (demo/attributes.py); None for other prompts
               "prompt_following": prompt_following(
                   ((image.numpy(), prompt) for image, prompt in iter_generated(samples)),
                   ((image.numpy(), prompt) for image, prompt in

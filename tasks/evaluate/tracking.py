@@ -14,8 +14,8 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from demo.attributes import GROUPS
 from infra.settings import mlflow_uri
-from tasks.evaluate.attributes import GROUPS
 
 
 def metric_names(result: dict[str, Any]) -> dict[str, str]:
@@ -78,7 +78,7 @@ def following_lines(following: dict[str, Any] | None) -> list[str]:
     """Markdown rows of prompt-following (seen, held-out, chance), or none outside the demo."""
     if not following:
         return []
-    from tasks.evaluate.attributes import prompt_following_table
+    from demo.attributes import prompt_following_table
 
     return ["Prompt following (shape, color, position of each image against its prompt):", "",
             prompt_following_table(following), ""]

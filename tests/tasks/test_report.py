@@ -105,7 +105,7 @@ def test_a_superseded_attempt_stays_killed_when_its_driver_gives_up_late(mlflow_
 
 def _finished_demo_run_with_prompt_following() -> str:
     """A demo parent run closed by the report step, its evaluation scored; returns its id."""
-    from tasks.evaluate.attributes import chance
+    from demo.attributes import chance
 
     params = load_params(profile="demo")
     scores = {"n": 35, "shape": 0.857, "color": 1.0, "position": 1.0, "all": 0.857}
