@@ -25,12 +25,11 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
+from infra import tracking
 from infra.config import flatten, to_dict
-from infra.settings import mlflow_uri
+from infra.tracking import experiment_id, log_batched, metric_entities, param_entities, tag_entities
 from tasks.common.cost import Price, attempts_bill, price
 from tasks.params import Params
-from tasks.report.tracking import (experiment_id, log_batched, metric_entities,
-                                   param_entities, tag_entities)
 
 _TICK = object()  # the queue's "interval over" marker
 
@@ -92,7 +91,7 @@ class MetricQueue:
 class StageRun:
     def __init__(self, params: Params, stage: str, parent_run_id: str | None,
                  every_s: float = 30.0) -> None:
-        self.client = MlflowClient(tracking_uri=mlflow_uri())
+        self.client = tracking.client()
         tags = {"kind": "train-stage", "stage": stage, "profile": params.profile}
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
@@ -163,7 +162,7 @@ def log_stage_cost(params: Params, stage: str, result: dict[str, Any]) -> None:
                       "bill": bill}
     run_id = result.get("mlflow_run_id")
     if run_id:
-        log_batched(MlflowClient(tracking_uri=mlflow_uri()), run_id, metrics=metric_entities({
+        log_batched(tracking.client(), run_id, metrics=metric_entities({
             "device_seconds": this.seconds, "devices": this.devices,
             "gpu_hours": this.device_hours, "cost_usd": this.cost_usd,
             "gpu_hours_all_attempts": every.device_hours,

@@ -11,11 +11,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from infra.tracking import experiment_id
 from tasks.common.cost import CostParams
 from tasks.params import load_params
 from tasks.report.ledger import envelope, ledger, totals
 from tasks.report.step import report
-from tasks.report.tracking import experiment_id, start_pipeline_run
+from tasks.report.tracking import start_pipeline_run
 
 
 def test_ledger_prices_gpu_steps_at_the_gpu_rate():
