@@ -25,7 +25,7 @@ import torch
 def scenes_and_images(count: int, seed: int) -> tuple[list, torch.Tensor]:
     """Scenes (a quarter held-out pairs, as COCO val) and their (N, 3, 64, 64) images in [-1, 1]."""
     from infra.mirror.corpus import image_size, make_image, scene
-    from tasks.encode.preprocess import center_crop_resize, to_tensor
+    from tasks.common.images import center_crop_resize, to_tensor
 
     rng = random.Random(seed)
     scenes = [scene(rng, held_out_share=0.25) for _ in range(count)]

@@ -20,8 +20,8 @@ from typing import Iterator
 import numpy as np
 
 import tasks.encode.loader as loader_module
+from tasks.common.npy import npy_bytes
 from tasks.common.shards import LocalShard, Manifest, ShardRecord, iter_tar_bytes, file_digest
-from tasks.encode.preprocess import npy_bytes
 
 MANIFEST_NAME = "manifest.json"
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.common.npy import npy_bytes
 from tasks.common.shards import LocalShard, iter_tar_bytes, iter_tar_samples, scan_ustar
-from tasks.encode.preprocess import npy_bytes
 
 
 def shard_bytes(samples: int, folder: Path) -> bytes:

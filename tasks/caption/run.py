@@ -25,8 +25,8 @@ from tasks.caption.config import CaptionParams
 from tasks.caption.keys import caption_key, sidecar_uri
 from tasks.caption.text import clean, garbage_reason
 from tasks.common.fetch import open_stream, read_bytes
+from tasks.common.images import decode_image
 from tasks.common.shards import iter_shard, read_manifest
-from tasks.encode.preprocess import decode_image
 from tasks.params import Params
 
 

@@ -179,7 +179,7 @@ def demo_images(count: int, seed: int, resolution: int) -> torch.Tensor:
     """(count, 3, R, R) in [-1, 1]: mirror scenes at native sizes through the encode crop,
     a quarter of them held-out pairs (the VAE must decode what COCO val asks for too)."""
     from infra.mirror.corpus import image_size, make_image, scene
-    from tasks.encode.preprocess import center_crop_resize, to_tensor
+    from tasks.common.images import center_crop_resize, to_tensor
 
     rng = random.Random(f"demo-vae-{seed}")
     return torch.stack([to_tensor(center_crop_resize(

@@ -18,9 +18,9 @@ from PIL import Image, ImageFilter
 from demo.attributes import (ATTRIBUTES, BACKGROUNDS, HELD_OUT, REPORT_SCENES, Scene, chance,
                              classify, parse_prompt, prompt_following, report_prompts)
 from infra.mirror.corpus import STYLES, caption, make_image, scene
+from tasks.common.images import center_crop_resize, decode_image
 from tasks.common.shards import iter_shard, read_manifest
 from tasks.download.run import download
-from tasks.encode.preprocess import center_crop_resize, decode_image
 
 TRAIN = ("cc3m", "textcaps", "journeydb", "diffusiondb")  # SA-1B's captions come later
 

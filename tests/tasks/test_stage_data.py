@@ -109,7 +109,7 @@ def test_high_resolution_stages_see_only_native_high_resolution_images(s3_prefix
 
 
 def _latents(params, name, shards=3, per_shard=8) -> None:
-    from tasks.encode.preprocess import npy_bytes
+    from tasks.common.npy import npy_bytes
 
     prefix = latent_prefix(params, name)
     for s in range(shards):
@@ -149,7 +149,7 @@ def test_each_stage_draws_its_own_order_and_a_resumed_stage_keeps_it(s3_prefix, 
 def test_loader_refuses_shards_without_native_sizes_under_a_size_filter(s3_prefix, tiny_models):
     params = _params(s3_prefix, tiny_models)
     prefix = latent_prefix(params, "cc3m")
-    from tasks.encode.preprocess import npy_bytes
+    from tasks.common.npy import npy_bytes
 
     with LocalShard() as out:
         out.write("old-0", {"lat64.npy": npy_bytes(np.zeros((4, 16, 16), np.float16)),
