@@ -73,8 +73,8 @@ def build_corpus(key: str | None = None, size: CorpusSize = DEMO_SIZE,
     evaluation set). `key` None: a fresh bench/demo-learning-<hex>. The mirror is served only
     while it downloads. Download and encode skip what is committed, so a second call with the
     same key costs seconds. Builds the demo's local models if they are missing."""
+    from tasks.common.encoders import load
     from tasks.download.run import download
-    from tasks.encode.encoders import load
     from tasks.encode.run import encode_unit, encoded_datasets, finish, plan
     from tasks.models import build_local_models
 

@@ -106,7 +106,7 @@ def draw_scenes(count: int, seed: int, held_out_share: float = 0.0
 
 def load_demo_encoders(device: torch.device) -> Any:
     """The demo's VAE and text tower, as the encode step loads them."""
-    from tasks.encode.encoders import load
+    from tasks.common.encoders import load
     from tasks.params import load_params
 
     enc = load_params(profile="demo").encode
@@ -117,7 +117,7 @@ def load_demo_encoders(device: torch.device) -> Any:
 def encode_set(scenes: list[tuple[attributes.Scene, str]], seed: int, resolution: int,
                encoders: Any, text_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents (N, 4, h, w) and caption tokens (N, L, D) of rendered scenes."""
-    from tasks.encode.encoders import encode_captions, encode_images
+    from tasks.common.encoders import encode_captions, encode_images
 
     rng = random.Random(seed + 1)
     generator = torch.Generator().manual_seed(seed)

@@ -98,7 +98,7 @@ def entanglement(tokenizer: Any, text_model: Any, compat: str = "open_clip", len
     "top" and "bottom" tokens) and when only the other position word changes (top left vs top
     right: the "top" token both times), over captions in every training style."""
     from infra.mirror.corpus import STYLES
-    from tasks.encode.encoders import tokenize_captions
+    from tasks.common.encoders import tokenize_captions
 
     rng = random.Random(seed)
     templates = [t for style in ("alt", "prompt", "describe") for t in STYLES[style]]
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         print(f"{swap:<11}" + "".join(f"{v:<12.3f}" for v in row.values()))
     print(json.dumps({"checkpoint": args.checkpoint, "sensitivity": result}))
     if args.entanglement:
-        from tasks.encode import encoders as encode_encoders
+        from tasks.common import encoders as encode_encoders
 
         loaded = encode_encoders.load(dataclasses.replace(params.encode, device="cpu"))
         tokens = entanglement(loaded.tokenizer, loaded.text_model, params.encode.tokenizer_compat,

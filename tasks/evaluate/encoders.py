@@ -1,6 +1,6 @@
 """The VAE decoder and caption encoder for generation: the encode step's, loaded the same way.
 
-Generation must condition on exactly what training saw, so this reuses tasks/encode/encoders.py:
+Generation must condition on exactly what training saw, so this reuses tasks/common/encoders.py:
 the same ids/folders from params.encode, the same from_pretrained loading and dtype rules, and
 the same caption embedding (77 tokens after the final LayerNorm, rounded to fp16 as stored in
 the latent shards). Only the device comes from params.evaluate.
@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import torch
 
-from tasks.encode import encoders as encode_encoders
+from tasks.common import encoders as encode_encoders
 from tasks.evaluate.score import Encoders
 from tasks.params import Params
 
