@@ -18,10 +18,10 @@ from tasks.common.encoders import load
 from tasks.common.images import center_crop_resize, decode_image, to_tensor
 from tasks.common.npy import npy_load
 from tasks.common.shards import LocalShard, commit_shard, read_manifest, write_manifest
-from tasks.encode.loader import LatentLoader, LoaderConfig
 from tasks.encode.run import encode_dataset, latent_prefix, raw_prefix
 from tasks.encode.tiny import save_tiny_text_encoder, save_tiny_vae
 from tasks.params import load_params
+from tasks.train.loader import LatentLoader, LoaderConfig
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ from PIL import Image
 
 from infra.s3 import split_uri
 from tasks.common.shards import LocalShard, commit_shard, iter_shard, read_manifest, write_manifest
-from tasks.encode.loader import LatentLoader, LoaderConfig
 from tasks.encode.run import encode_dataset, encoded_datasets, latent_prefix, raw_prefix, \
     resolution_plan
 from tasks.encode.tiny import save_tiny_text_encoder, save_tiny_vae
 from tasks.params import load_params
+from tasks.train.loader import LatentLoader, LoaderConfig
 from tasks.train.loop import Dist, open_loader
 
 
