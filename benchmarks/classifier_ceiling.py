@@ -48,7 +48,7 @@ def measure(count: int, seed: int) -> dict:
     from diffusers import AutoencoderKL
 
     from infra.settings import REPO_ROOT
-    from tasks.evaluate.generate import decode
+    from tasks.common.generation import decode
     from tasks.models import build_local_models
     from tasks.params import load_params
 

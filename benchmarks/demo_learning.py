@@ -128,9 +128,9 @@ def latents_depict_captions(params: Params, per_dataset: int = 60) -> dict[str, 
     from diffusers import AutoencoderKL
 
     from demo.attributes import accuracy, classify, parse_prompt
+    from tasks.common.generation import decode
     from tasks.common.npy import npy_load
     from tasks.common.shards import iter_shard, read_manifest
-    from tasks.evaluate.generate import decode
 
     vae = AutoencoderKL.from_pretrained(params.encode.vae).eval()
     field = f"lat{params.train.stages[0].resolution}.npy"

@@ -58,7 +58,7 @@ def seed_params(base: Params, seed: int, train: dict[str, Any] | None = None,
 
 def train_and_score(params: Params, guidances: list[float]) -> dict[str, Any]:
     """Train (or find) every stage, then score the last one at each guidance scale."""
-    from tasks.evaluate.encoders import load_encoders
+    from tasks.common.generation import load_encoders
     from tasks.evaluate.score import evaluate
     from tasks.train.loop import train
 

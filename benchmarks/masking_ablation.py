@@ -193,7 +193,7 @@ def train_run(cfg: AblationConfig, variant: str, steps: int, seed: int, latents:
 def sample(precond: EDMPrecond, encoders: Any, texts: torch.Tensor, cfg: AblationConfig,
            device: torch.device) -> torch.Tensor:
     """uint8 (N, 3, H, W) images for caption tokens, noise seeded per index."""
-    from tasks.evaluate.generate import decode
+    from tasks.common.generation import decode
 
     side = cfg.resolution // 4
     out = []

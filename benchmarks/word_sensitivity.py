@@ -34,8 +34,8 @@ import torch
 
 from demo.attributes import BACKGROUNDS, COLORS, SHAPES, Scene
 from model.edm import EDMPrecond, sample_noise
-from tasks.evaluate.encoders import load_encoders
-from tasks.evaluate.generate import TextEncoder, fetch_checkpoint, load_ema_model
+from tasks.common.generation import load_encoders
+from tasks.common.generation import TextEncoder, fetch_checkpoint, load_ema_model
 from tasks.params import load_params
 
 TEMPLATE = "A {c} {s} in the {p} corner of a {b} picture."  # TextCaps/COCO's describe style

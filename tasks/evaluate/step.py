@@ -13,7 +13,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.evaluate.encoders import load_encoders
+from tasks.common.generation import load_encoders
 from tasks.evaluate.score import evaluate
 from tasks.evaluate.tracking import log_result, result_markdown, start_run
 from tasks.params import Params

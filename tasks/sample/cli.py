@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tasks.common.device import pick_device
-from tasks.evaluate.grid import sample_grid
+from tasks.common.grid import sample_grid
 
 
 def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:

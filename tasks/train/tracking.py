@@ -187,8 +187,8 @@ def sample_grid(params: Params, ema_model: torch.nn.Module) -> bytes:
     """Fixed prompts through the EMA weights, the Heun sampler and the VAE decoder, as a PNG
     with each tile labelled by its prompt."""
     from model.edm import EDMPrecond, edm_heun_sampler, sample_noise
-    from tasks.evaluate.encoders import load_encoders
-    from tasks.evaluate.grid import grid_png
+    from tasks.common.generation import decode, load_encoders
+    from tasks.common.grid import grid_png
 
     device = next(ema_model.parameters()).device
     encoders = load_encoders(params, device)
@@ -199,7 +199,4 @@ def sample_grid(params: Params, ema_model: torch.nn.Module) -> bytes:
                          seed=params.train.seed, device=device)
     latents = edm_heun_sampler(EDMPrecond(ema_model.eval()), noise, text,
                                num_steps=params.train.sample_steps)
-    vae = encoders.vae
-    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    return grid_png([((img.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-                     for img in images], prompts)
+    return grid_png(list(decode(encoders.vae, latents)), prompts)
