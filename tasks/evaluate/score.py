@@ -27,7 +27,7 @@ from tasks.common.generation import (Checkpoint, Encoders, check_compatible, fet
                                      load_ema_model)
 from tasks.common.grid import grid_png
 from tasks.common.shards import Manifest, read_manifest
-from tasks.download.config import originals_dataset
+from tasks.download.keys import originals_dataset
 from tasks.evaluate.config import EvaluateParams
 from tasks.evaluate.generate import (cached_prompts, generate_missing, generation_protocol,
                                      iter_generated, samples_prefix)

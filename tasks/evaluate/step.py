@@ -68,7 +68,7 @@ def evaluate_stages(params: Params, score) -> dict[str, Any]:
     `score(params, checkpoint_uri)` does one evaluation."""
     if params.evaluate.checkpoint is not None:
         return score(params, params.evaluate.checkpoint)
-    from tasks.train.step import final_checkpoint
+    from tasks.train.keys import final_checkpoint
 
     plan = score_plan(params)
     results = {name: score(p, final_checkpoint(p)) for name, p in plan}

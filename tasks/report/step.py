@@ -67,15 +67,15 @@ def stage_prices(params: Params, envelopes: list[dict[str, Any]]) -> dict[str, P
     (tasks/common/attempts.py), failed, killed and cached reruns included, priced by the one
     rule; stages with no record are left out."""
     from tasks.common import attempts
+    from tasks.common.cost import attempts_price
     from tasks.train import keys
-    from tasks.train.tracking import stage_price
 
     train = next((e.get("result") or {} for e in envelopes if e["step"] == "train"), {})
     out = {}
     for name in train.get("stages") or {}:
         records = attempts.read(keys.stage_prefix(params, name))
         if records:
-            out[name] = stage_price(params, records)
+            out[name] = attempts_price(params.cost, records)
     return out
 
 

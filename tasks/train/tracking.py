@@ -28,7 +28,7 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 from infra import tracking
 from infra.config import flatten, to_dict
 from infra.tracking import experiment_id, log_batched, metric_entities, param_entities, tag_entities
-from tasks.common.cost import Price, attempts_bill, price
+from tasks.common.cost import attempts_bill, attempts_price
 from tasks.params import Params
 
 _TICK = object()  # the queue's "interval over" marker
@@ -129,20 +129,6 @@ class StageRun:
         atexit.unregister(self.close)
 
 
-def stage_price(params: Params, records: list[dict[str, Any]]) -> Price:
-    """Attempts of a stage (tasks/common/attempts.py) priced by the one rule and summed: each
-    attempt's held seconds x its devices x the rate."""
-    prices = [price(params.cost, float(r["seconds"]), int(r["devices"]),
-                    price_class=r.get("price_class", "on_demand")) for r in records]
-    classes = {p.price_class for p in prices} or {params.cost.price_class}
-    return Price(seconds=sum(p.seconds for p in prices),
-                 devices=max((p.devices for p in prices), default=1),
-                 device_type=prices[0].device_type if prices else params.cost.gpu_type,
-                 device_hours=sum(p.device_hours for p in prices),
-                 cost_usd=sum(p.cost_usd for p in prices),
-                 price_class=classes.pop() if len(classes) == 1 else "mixed")
-
-
 def log_stage_cost(params: Params, stage: str, result: dict[str, Any]) -> None:
     """What the stage cost, on its own MLflow run and in its summary: this attempt (the
     devices' held wall time, start-up and uploads included, not the loop's seconds only) and
@@ -153,8 +139,8 @@ def log_stage_cost(params: Params, stage: str, result: dict[str, Any]) -> None:
 
     records = attempts.read(keys.stage_prefix(params, stage))
     ids = {node["attempt"] for node in result["nodes"]}
-    this = stage_price(params, [r for r in records if r["id"] in ids])
-    every = stage_price(params, records)
+    this = attempts_price(params.cost, [r for r in records if r["id"] in ids])
+    every = attempts_price(params.cost, records)
     bill = attempts_bill(params.cost, records)
     result["cost"] = {"attempt": asdict(this), "all_attempts": asdict(every),
                       "attempts": len(records),
