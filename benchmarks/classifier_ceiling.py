@@ -25,7 +25,7 @@ import torch
 def scenes_and_images(count: int, seed: int) -> tuple[list, torch.Tensor]:
     """Scenes (a quarter held-out pairs, as COCO val) and their (N, 3, 64, 64) images in [-1, 1]."""
     from infra.mirror.corpus import image_size, make_image, scene
-    from tasks.encode.preprocess import center_crop_resize, to_tensor
+    from tasks.common.images import center_crop_resize, to_tensor
 
     rng = random.Random(seed)
     scenes = [scene(rng, held_out_share=0.25) for _ in range(count)]
@@ -36,7 +36,7 @@ def scenes_and_images(count: int, seed: int) -> tuple[list, torch.Tensor]:
 
 def read_back(scenes: list, images: np.ndarray) -> dict:
     """Accuracy per attribute and the shape confusion of uint8 (N, 3, H, W) images."""
-    from tasks.evaluate.attributes import accuracy, classify
+    from demo.attributes import accuracy, classify
 
     got = [classify(image) for image in images]
     confusion = collections.Counter(f"{want.shape} -> {read.shape if read else None}"
@@ -48,7 +48,7 @@ def measure(count: int, seed: int) -> dict:
     from diffusers import AutoencoderKL
 
     from infra.settings import REPO_ROOT
-    from tasks.evaluate.generate import decode
+    from tasks.common.generation import decode
     from tasks.models import build_local_models
     from tasks.params import load_params
 

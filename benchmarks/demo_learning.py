@@ -1,7 +1,7 @@
 """Does the demo chain learn? The demo profile's model through the pipeline's own code: mirror
 (demo size) -> download -> encode (trained demo VAE, word-level tiny text tower) -> the training
 loop on S3 latent shards -> the evaluate step, whose prompt-following score
-(tasks/evaluate/attributes.py) and FID it prints.
+(demo/attributes.py) and FID it prints.
 
     make services-up
     python -m benchmarks.demo_learning --share 0.5 --seeds 0 1 2   # the demo recipe, every
@@ -73,8 +73,8 @@ def build_corpus(key: str | None = None, size: CorpusSize = DEMO_SIZE,
     evaluation set). `key` None: a fresh bench/demo-learning-<hex>. The mirror is served only
     while it downloads. Download and encode skip what is committed, so a second call with the
     same key costs seconds. Builds the demo's local models if they are missing."""
+    from tasks.common.encoders import load
     from tasks.download.run import download
-    from tasks.encode.encoders import load
     from tasks.encode.run import encode_unit, encoded_datasets, finish, plan
     from tasks.models import build_local_models
 
@@ -127,10 +127,10 @@ def latents_depict_captions(params: Params, per_dataset: int = 60) -> dict[str, 
     import torch
     from diffusers import AutoencoderKL
 
+    from demo.attributes import accuracy, classify, parse_prompt
+    from tasks.common.generation import decode
+    from tasks.common.npy import npy_load
     from tasks.common.shards import iter_shard, read_manifest
-    from tasks.encode.preprocess import npy_load
-    from tasks.evaluate.attributes import accuracy, classify, parse_prompt
-    from tasks.evaluate.generate import decode
 
     vae = AutoencoderKL.from_pretrained(params.encode.vae).eval()
     field = f"lat{params.train.stages[0].resolution}.npy"

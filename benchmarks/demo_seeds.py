@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from tasks.evaluate.attributes import GROUPS
+from demo.attributes import GROUPS
 from tasks.params import Params, load_params
 
 ATTRIBUTES = ("shape", "color", "position", "all")
@@ -58,7 +58,7 @@ def seed_params(base: Params, seed: int, train: dict[str, Any] | None = None,
 
 def train_and_score(params: Params, guidances: list[float]) -> dict[str, Any]:
     """Train (or find) every stage, then score the last one at each guidance scale."""
-    from tasks.evaluate.encoders import load_encoders
+    from tasks.common.generation import load_encoders
     from tasks.evaluate.score import evaluate
     from tasks.train.loop import train
 
@@ -79,7 +79,7 @@ def train_and_score(params: Params, guidances: list[float]) -> dict[str, Any]:
 def spread(rows: list[dict[str, Any]], guidance: str, group: str = "report"
            ) -> dict[str, dict[str, float]]:
     """Mean, min and max over seeds of each attribute score of one prompt group (the report
-    set unless named; tasks/evaluate/attributes.GROUPS) at one guidance."""
+    set unless named; demo/attributes.GROUPS) at one guidance."""
     out = {}
     for name in ATTRIBUTES:
         values = [row["scores"][guidance][group][name] for row in rows]

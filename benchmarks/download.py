@@ -8,7 +8,7 @@ loopback port, downloads every dataset into a fresh S3 prefix (needs the local S
 services-up`), prints a markdown table for docs/benchmarks.md and deletes what it wrote.
 
 With --fetches N it only fetches the corpus's small images N times over, on 1 and on --threads
-threads, two ways: `urllib`, a new connection per image (how tasks/download/fetch.py fetched
+threads, two ways: `urllib`, a new connection per image (how tasks/common/fetch.py fetched
 before it used requests), and `session`, Transfer.fetch_image over its requests.Session
 (kept-alive connections). No S3 is needed.
 """
@@ -34,8 +34,8 @@ from infra import retry, s3
 from infra.mirror.corpus import CorpusSize, generate
 from infra.mirror.server import serve_in_thread
 from infra.services import http_ok
+from tasks.common.fetch import USER_AGENT, Transfer
 from tasks.download.config import DATASETS
-from tasks.download.fetch import USER_AGENT, Transfer
 from tasks.download.run import download, raw_prefix
 from tasks.params import load_params
 

@@ -6,7 +6,7 @@ SDXL-VAE and ViT-H/14 text-tower architectures (the issue's measurement):
 
     python -m benchmarks.encode --arch sdxl --images 512 --batch 64
 
-Reference settings: fp32 weights under bf16 autocast, batch 32. Ours: `tasks.encode.encoders`
+Reference settings: fp32 weights under bf16 autocast, batch 32. Ours: `tasks.common.encoders`
 (weights in bf16, channels_last on CUDA) at --batch. Inputs are synthetic tensors already in
 [-1, 1], so this times the encoders, not JPEG decoding. CPU smoke test with the demo's tiny
 models:
@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tasks.common.encoders import Encoders, encode_captions, encode_images, load
 from tasks.encode.config import EncodeParams
-from tasks.encode.encoders import Encoders, encode_captions, encode_images, load
 from tasks.encode.tiny import save_tiny_text_encoder, save_tiny_tokenizer, save_tiny_vae
 
 

@@ -12,7 +12,7 @@ Timing is `benchmarks.train_step.time_steps`, as in `python -m benchmarks.train_
 memory is counted from after the first step (compilation), so it is the steady-state peak.
 With --loader-shards, the same compiled step is then timed in the training loop's pattern
 (one host sync per step for the loss) on fixed synthetic tensors and on batches from
-`tasks.encode.loader.LatentLoader` reading local shards (benchmarks.local_shards).
+`tasks.train.loader.LatentLoader` reading local shards (benchmarks.local_shards).
 
     python -m benchmarks.gpu_train --impl ours --mask-ratio 0.75 --batch 256 --json out.json
 """
@@ -107,7 +107,7 @@ def loop_rates(step: Step, latents: torch.Tensor, text: torch.Tensor, device: to
                shards: Path, steps: int) -> dict[str, object]:
     """Steps/s in the training loop's pattern: synthetic tensors vs the latent loader."""
     from benchmarks.local_shards import local_fetch, read_local_manifest
-    from tasks.encode.loader import LatentLoader, LoaderConfig
+    from tasks.train.loader import LatentLoader, LoaderConfig
 
     def synthetic() -> None:
         float(step(latents, text))  # the loop reads each step's loss on the host

@@ -19,10 +19,10 @@ import uuid
 import numpy as np
 
 from infra import s3
+from tasks.common.npy import npy_bytes
 from tasks.common.shards import LocalShard, commit_shard, write_manifest
-from tasks.encode.loader import LatentLoader, LoaderConfig
-from tasks.encode.preprocess import npy_bytes
 from tasks.params import load_params
+from tasks.train.loader import LatentLoader, LoaderConfig
 
 
 def write_shards(prefix: str, shards: int, per_shard: int) -> None:

@@ -2,7 +2,7 @@
 
 The GPU machine has no S3, so the loader benchmark of the GPU suite writes shards of the
 encode step's format (webdataset tars of `lat256.npy` 4x32x32 and `txtemb.npy` 77x1024, fp16)
-to a local folder and lets `tasks.encode.loader.LatentLoader` read them by path. Only the fetch
+to a local folder and lets `tasks.train.loader.LatentLoader` read them by path. Only the fetch
 changes (`local_fetch`): decoding, shuffling, mixing and batching are the loader's own.
 
     python -m benchmarks.local_shards DIR [--shards 8] [--per-shard 500]
@@ -19,9 +19,9 @@ from typing import Iterator
 
 import numpy as np
 
-import tasks.encode.loader as loader_module
+import tasks.train.loader as loader_module
+from tasks.common.npy import npy_bytes
 from tasks.common.shards import LocalShard, Manifest, ShardRecord, iter_tar_bytes, file_digest
-from tasks.encode.preprocess import npy_bytes
 
 MANIFEST_NAME = "manifest.json"
 

@@ -9,7 +9,7 @@ Every run draws demo scenes (infra/mirror/corpus.py: one shape of one color in o
 a background), encodes them with the demo's trained VAE and random-init text tower
 (`python -m tasks.models` builds both), trains a demo-width MicroDiT with the project's EDM loss,
 masking and EMA, samples COCO-style prompts with the Heun sampler and scores the decoded images
-with the fixed attribute classifier (tasks/evaluate/attributes.py) and FID against freshly drawn
+with the fixed attribute classifier (demo/attributes.py) and FID against freshly drawn
 real scenes (the fid-helper Inception).
 
 Variants (reference.md, "Ablations": small-scale FID 3.79 / 16.5 / 5.03):
@@ -37,6 +37,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from demo import attributes
 from infra.mirror import corpus
 from model.config import MicroDiTConfig, preset
 from model.edm import EDMLoss, EDMPrecond, edm_heun_sampler, sample_noise
@@ -44,7 +45,6 @@ from model.ema import EMA
 from model.flops import forward_flops
 from model.microdit import build_model
 from model.optim import param_groups
-from tasks.evaluate import attributes
 
 VARIANTS = {"none": (0.0, True), "naive": (0.75, False), "deferred": (0.75, True)}
 PAPER_FID = {"none": 3.79, "naive": 16.5, "deferred": 5.03}  # reference.md, small scale
@@ -106,7 +106,7 @@ def draw_scenes(count: int, seed: int, held_out_share: float = 0.0
 
 def load_demo_encoders(device: torch.device) -> Any:
     """The demo's VAE and text tower, as the encode step loads them."""
-    from tasks.encode.encoders import load
+    from tasks.common.encoders import load
     from tasks.params import load_params
 
     enc = load_params(profile="demo").encode
@@ -117,7 +117,7 @@ def load_demo_encoders(device: torch.device) -> Any:
 def encode_set(scenes: list[tuple[attributes.Scene, str]], seed: int, resolution: int,
                encoders: Any, text_length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Latents (N, 4, h, w) and caption tokens (N, L, D) of rendered scenes."""
-    from tasks.encode.encoders import encode_captions, encode_images
+    from tasks.common.encoders import encode_captions, encode_images
 
     rng = random.Random(seed + 1)
     generator = torch.Generator().manual_seed(seed)
@@ -193,7 +193,7 @@ def train_run(cfg: AblationConfig, variant: str, steps: int, seed: int, latents:
 def sample(precond: EDMPrecond, encoders: Any, texts: torch.Tensor, cfg: AblationConfig,
            device: torch.device) -> torch.Tensor:
     """uint8 (N, 3, H, W) images for caption tokens, noise seeded per index."""
-    from tasks.evaluate.generate import decode
+    from tasks.common.generation import decode
 
     side = cfg.resolution // 4
     out = []
@@ -283,8 +283,8 @@ def score_fid(cfg: AblationConfig, results: list[dict[str, Any]],
               images: dict[str, np.ndarray]) -> bool:
     """FID of each run's images against the real scenes, where the fid-helper Inception is
     installed (not on the GPU machine: its 87 MB do not travel); False when it is not."""
-    from tasks.evaluate.inception import inception_path
     from tasks.evaluate.config import FID_HELPER
+    from tasks.evaluate.inception import inception_path
 
     try:
         inception_path(FID_HELPER)

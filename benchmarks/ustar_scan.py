@@ -6,7 +6,7 @@ Builds one latent shard of the full recipe's shapes with the shard writer (Local
 sample a 4x32x32 fp16 latent (256 px), a 77x1024 fp16 caption embedding, a caption and a JSON
 record, about 170 kB. It then times grouping that shard's bytes into samples two ways:
 `iter_tar_bytes` (tasks/common/shards.py: `scan_ustar` reads the headers directly; this is what
-the training loader in tasks/encode/loader.py runs on every shard it fetches) and
+the training loader in tasks/train/loader.py runs on every shard it fetches) and
 `iter_tar_samples` (tarfile, the fallback for any other layout). Both must yield the same
 samples. No S3, no numpy decoding: the scan alone.
 """
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.common.npy import npy_bytes
 from tasks.common.shards import LocalShard, iter_tar_bytes, iter_tar_samples, scan_ustar
-from tasks.encode.preprocess import npy_bytes
 
 
 def shard_bytes(samples: int, folder: Path) -> bytes:

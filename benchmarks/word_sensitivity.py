@@ -32,10 +32,10 @@ from typing import Any
 
 import torch
 
+from demo.attributes import BACKGROUNDS, COLORS, SHAPES, Scene
 from model.edm import EDMPrecond, sample_noise
-from tasks.evaluate.attributes import BACKGROUNDS, COLORS, SHAPES, Scene
-from tasks.evaluate.encoders import load_encoders
-from tasks.evaluate.generate import TextEncoder, fetch_checkpoint, load_ema_model
+from tasks.common.generation import load_encoders
+from tasks.common.generation import TextEncoder, fetch_checkpoint, load_ema_model
 from tasks.params import load_params
 
 TEMPLATE = "A {c} {s} in the {p} corner of a {b} picture."  # TextCaps/COCO's describe style
@@ -98,7 +98,7 @@ def entanglement(tokenizer: Any, text_model: Any, compat: str = "open_clip", len
     "top" and "bottom" tokens) and when only the other position word changes (top left vs top
     right: the "top" token both times), over captions in every training style."""
     from infra.mirror.corpus import STYLES
-    from tasks.encode.encoders import tokenize_captions
+    from tasks.common.encoders import tokenize_captions
 
     rng = random.Random(seed)
     templates = [t for style in ("alt", "prompt", "describe") for t in STYLES[style]]
@@ -133,8 +133,8 @@ def position_error(want: str, got: str) -> str | None:
 
 def position_errors(samples: str) -> dict[str, int]:
     """Counts of right, horizontal, vertical, diagonal and unread over the seen-pair samples."""
+    from demo.attributes import classify, parse_prompt
     from tasks.common.shards import read_manifest
-    from tasks.evaluate.attributes import classify, parse_prompt
     from tasks.evaluate.generate import iter_generated
 
     manifest = read_manifest(samples.removesuffix("/manifest.json"))
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         print(f"{swap:<11}" + "".join(f"{v:<12.3f}" for v in row.values()))
     print(json.dumps({"checkpoint": args.checkpoint, "sensitivity": result}))
     if args.entanglement:
-        from tasks.encode import encoders as encode_encoders
+        from tasks.common import encoders as encode_encoders
 
         loaded = encode_encoders.load(dataclasses.replace(params.encode, device="cpu"))
         tokens = entanglement(loaded.tokenizer, loaded.text_model, params.encode.tokenizer_compat,

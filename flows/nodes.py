@@ -99,11 +99,9 @@ def log_node_metrics(result: dict[str, Any]) -> None:
     run_id = result.get("mlflow_run_id")
     if not run_id:
         return
-    from mlflow.tracking import MlflowClient
+    from infra import tracking
 
-    from infra.settings import mlflow_uri
-
-    client = MlflowClient(tracking_uri=mlflow_uri())
+    client = tracking.client()
     for node in result["nodes"]:
         rank = node["node_rank"]
         client.log_metric(run_id, f"node{rank}/held_seconds", node["held_seconds"])

@@ -1,7 +1,7 @@
 """The one retry policy: exponential backoff with full jitter, at least what a server's
 Retry-After asks for, bounded by a number of retries and/or a deadline.
 
-Downloads (tasks/download/fetch.py), S3 calls (infra/s3.py) and the services' health checks
+Downloads (tasks/common/fetch.py), S3 calls (infra/s3.py) and the services' health checks
 (infra/processes.py) all wait with it; their parameters are the named policies below (the
 download's come from params.yaml's download section instead, so a user can tune them).
 """

@@ -17,8 +17,6 @@ from pathlib import Path
 
 from infra import settings
 
-EXPERIMENT = "micro-budget"
-
 
 def chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
@@ -47,15 +45,13 @@ def shoot(browser: str, url: str, out: Path, size: tuple[int, int] = (1600, 1000
 
 
 def mlflow_pages() -> dict[str, str]:
-    from mlflow.tracking import MlflowClient
-
-    from tasks.report.tracking import experiment_id
+    from infra import tracking  # mlflow loads in seconds: only when its pages are wanted
 
     base = settings.mlflow_uri().rstrip("/")
-    client = MlflowClient(base)
-    if client.get_experiment_by_name(EXPERIMENT) is None:
-        raise SystemExit(f"no MLflow experiment {EXPERIMENT!r}: run `make demo` first")
-    experiment = experiment_id(client)  # also marks it a model-training experiment
+    client = tracking.client(base)
+    if client.get_experiment_by_name(tracking.EXPERIMENT) is None:
+        raise SystemExit(f"no MLflow experiment {tracking.EXPERIMENT!r}: run `make demo` first")
+    experiment = tracking.experiment_id(client)  # also marks it a model-training experiment
     runs = client.search_runs([experiment], "tags.kind = 'pipeline'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     pages = {"mlflow-runs": f"{base}/#/experiments/{experiment}/runs"}

@@ -8,8 +8,8 @@ Slow (about 8 minutes on 2 cores): `make test` runs it, `make test-fast` does no
 from __future__ import annotations
 
 from benchmarks import demo_learning
+from demo.attributes import chance
 from tasks.encode.tiny import torch_threads
-from tasks.evaluate.attributes import chance
 
 STEPS = 1800  # three quarters of the demo's stage 2: what the suite can afford (~8 min)
 

@@ -2,7 +2,7 @@
 
 A stage `python -m tasks <step>` runs tasks/__main__.py, which imports tasks/cli.py, which imports
 tasks/<step>/step.py by name. From those entry modules the project's import graph (flows/, tasks/,
-model/, infra/) is followed transitively: `import a.b`, `from a import b` (b a submodule or a
+model/, infra/, demo/) is followed transitively: `import a.b`, `from a import b` (b a submodule or a
 name), relative imports, imports inside functions, the packages' __init__.py files that Python
 runs on the way, and modules started as subprocesses (`-m tasks.train.launch`, a string constant
 naming a project module). A stage whose `deps` miss one of those files would stay "up to date"
@@ -24,7 +24,7 @@ import yaml
 
 from infra.settings import REPO_ROOT
 
-PROJECT_ROOTS = ("flows", "tasks", "model", "infra")
+PROJECT_ROOTS = ("flows", "tasks", "model", "infra", "demo")
 # (module, function) whose body no stage command executes, so its imports are not followed. Only
 # the body is exempt: the same import at module level, or in another function, still counts.
 NOT_RUN_BY_STAGES = {

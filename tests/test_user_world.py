@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 from prefect.deployments import run_deployment
 
 from flows.deploy import deploy
+from infra.registry import register
 from infra.settings import REPO_ROOT, mlflow_uri
-from tasks.report.registry import register
 from tests import user_world as lib
 
 QUICK = REPO_ROOT / "tests" / "params" / "quick_demo.yaml"

@@ -9,10 +9,10 @@ import zlib
 import torch
 
 from benchmarks.word_sensitivity import SWAPS, render, sensitivity, swapped
+from demo.attributes import Scene, parse_prompt
 from model.config import preset
 from model.edm import EDMPrecond
 from model.microdit import MicroDiT
-from tasks.evaluate.attributes import Scene, parse_prompt
 
 
 def test_each_swap_changes_exactly_its_attribute_and_the_caption_still_parses():

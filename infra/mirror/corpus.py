@@ -4,7 +4,7 @@ Every image depicts its caption: one flat shape (square, circle, triangle) of on
 in one quadrant of the image's central square (what the center crop keeps), on a flat background,
 at the dataset's native sizes. Captions name those attributes in each dataset's own style: short
 alt-text (CC3M), prompts (JourneyDB, DiffusionDB), descriptions (TextCaps, COCO, the SA-1B caption
-file). The vocabulary and the held-out (shape, color) pairs live in tasks/evaluate/attributes.py,
+file). The vocabulary and the held-out (shape, color) pairs live in demo/attributes.py,
 which scores generated images against it; no training set shows a held-out pair, and COCO val
 asks for them in about a quarter of its images.
 
@@ -39,8 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from tasks.evaluate.attributes import (BACKGROUNDS, COLORS, DESCRIBE, HELD_OUT, POSITIONS,
-                                       SHAPES, Scene)
+from demo.attributes import BACKGROUNDS, COLORS, DESCRIBE, HELD_OUT, POSITIONS, SHAPES, Scene
 
 TOKEN = "http://mirror.invalid"
 MARKER = "corpus.json"

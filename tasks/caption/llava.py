@@ -20,7 +20,7 @@ from PIL import Image
 
 from tasks.caption.config import CaptionParams
 from tasks.common.device import pick_device
-from tasks.encode.encoders import resolve
+from tasks.common.encoders import resolve
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

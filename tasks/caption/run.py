@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from infra import s3
 from tasks.caption.config import CaptionParams
-from tasks.caption.text import clean, garbage_reason
 from tasks.caption.keys import caption_key, sidecar_uri
+from tasks.caption.text import clean, garbage_reason
+from tasks.common.fetch import open_stream, read_bytes
+from tasks.common.images import decode_image
 from tasks.common.shards import iter_shard, read_manifest
-from tasks.download.fetch import open_stream, read_bytes
-from tasks.encode.preprocess import decode_image
 from tasks.params import Params
 
 

@@ -135,3 +135,18 @@ def expected_preemption_loss(cost: CostParams, hours: float, checkpoint_every_h:
     preemptions = hours * cost.spot_preemptions_per_hour
     return {"preemptions": preemptions, "hours_per_preemption": per_preemption_h,
             "lost_hours": preemptions * per_preemption_h}
+
+
+def attempts_price(cost: CostParams, records: list[dict[str, Any]]) -> Price:
+    """Attempts of a stage (tasks/common/attempts.py) priced by the one rule and summed: each
+    attempt's held seconds x its devices x the rate. The train step logs it per stage and the
+    report adds it up per run."""
+    prices = [price(cost, float(r["seconds"]), int(r["devices"]),
+                    price_class=r.get("price_class", "on_demand")) for r in records]
+    classes = {p.price_class for p in prices} or {cost.price_class}
+    return Price(seconds=sum(p.seconds for p in prices),
+                 devices=max((p.devices for p in prices), default=1),
+                 device_type=prices[0].device_type if prices else cost.gpu_type,
+                 device_hours=sum(p.device_hours for p in prices),
+                 cost_usd=sum(p.cost_usd for p in prices),
+                 price_class=classes.pop() if len(classes) == 1 else "mixed")

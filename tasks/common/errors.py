@@ -12,7 +12,7 @@ import traceback
 import urllib.error
 from pathlib import Path
 
-# Fixes for the failure labels of tasks/download/fetch.py, by label or label prefix.
+# Fixes for the failure labels of tasks/common/fetch.py, by label or label prefix.
 FETCH_FIXES = {
     "not_found": "check the path in the params file",
     "connection_error": "the host is unreachable: check the URL and the network",

@@ -20,8 +20,8 @@ from tasks.common.shards import iter_tar_samples
 from tasks.download.config import CC3MParams
 from tasks.download.core import Item, Job, Result, ordered_map, sample_key, to_result, \
     valid_caption
+from tasks.common.fetch import reason_from_message
 from tasks.download.drivers import download_rows, take
-from tasks.download.fetch import reason_from_message
 
 DATASET = "cc3m"
 KEY_COLUMN = "source_key"  # our stable key, carried through img2dataset as an extra column

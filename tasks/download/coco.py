@@ -18,11 +18,12 @@ import zipfile
 from collections import Counter
 from typing import Any, Iterator
 
+from tasks.common.fetch import FetchError
 from tasks.common.shards import LocalShard, done_records, versioned_uri, write_manifest
-from tasks.download.config import CocoParams, originals_dataset
+from tasks.download.config import CocoParams
 from tasks.download.core import BuiltShard, Item, Job, Result, ordered_map, sample_key, to_result
 from tasks.download.drivers import take
-from tasks.download.fetch import FetchError
+from tasks.download.keys import originals_dataset
 from tasks.download.textcaps import first_caption
 
 DATASET = "coco"

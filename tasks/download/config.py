@@ -165,9 +165,3 @@ class DownloadParams:
 
 # Download order of `run`: the evaluation set first, then the training sets.
 DATASETS = ("coco", "cc3m", "sa1b", "textcaps", "journeydb", "diffusiondb")
-
-
-def originals_dataset(dataset: str) -> str:
-    """The raw dataset beside `dataset` holding its images as fetched (no filter, no re-encode):
-    the COCO download writes it, and evaluate computes the FID reference statistics from it."""
-    return f"{dataset}-original"

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from infra.config import to_dict
 from infra.retry import RetryPolicy
+from tasks.common.fetch import Transfer
 from tasks.common.shards import LocalShard, ShardRecord, commit_shard
 from tasks.download.config import DownloadParams, SourceParams
-from tasks.download.fetch import Transfer
 from tasks.download.images import ImageRejected, prepare_image
 
 # Test-only: seconds to sleep after each sample is written, which widens the window in which the

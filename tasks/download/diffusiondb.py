@@ -25,10 +25,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tasks.common.fetch import resolve
 from tasks.download.config import DiffusionDBParams
 from tasks.download.core import Item, Job, sample_key, valid_caption
 from tasks.download.drivers import Archive, download_archives, match_selected, take
-from tasks.download.fetch import resolve
 
 DATASET = "diffusiondb"
 COLUMNS = ["image_name", "prompt", "part_id", "image_nsfw", "prompt_nsfw"]

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator, Literal
 
+from tasks.common.fetch import AccessDenied, FetchError
 from tasks.common.shards import iter_tar_samples
 from tasks.download.core import Item, Job, Result, ordered_map, to_result
-from tasks.download.fetch import AccessDenied, FetchError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 

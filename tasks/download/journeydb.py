@@ -16,10 +16,10 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator
 
+from tasks.common.fetch import resolve
 from tasks.download.config import JourneyDBParams
 from tasks.download.core import Item, Job, sample_key, valid_caption
 from tasks.download.drivers import Archive, download_archives, match_selected, take
-from tasks.download.fetch import resolve
 
 DATASET = "journeydb"
 

@@ -17,7 +17,7 @@ from tasks.download.config import TextCapsParams
 from tasks.download.core import Item, Job, sample_key, valid_caption
 from tasks.download.drivers import Archive, download_archives, download_rows, match_selected, \
     take
-from tasks.download.fetch import resolve
+from tasks.common.fetch import resolve
 
 DATASET = "textcaps"
 ARCHIVE = "train_val_images"

@@ -28,11 +28,12 @@ from tqdm import tqdm
 
 from infra import s3
 from tasks.caption.keys import captions_apply, sidecar_uri
+from tasks.common.encoders import Encoders, encode_captions, encode_images, load
+from tasks.common.images import center_crop_resize, decode_image, to_tensor
 from tasks.common.keys import digest, model_fingerprint, without
+from tasks.common.npy import npy_bytes
 from tasks.common.shards import (LocalShard, ShardRecord, commit_shard, done_records, iter_shard,
                                  read_manifest, versioned_uri, write_manifest)
-from tasks.encode.encoders import Encoders, encode_captions, encode_images, load
-from tasks.encode.preprocess import center_crop_resize, decode_image, npy_bytes, to_tensor
 from tasks.params import Params
 
 

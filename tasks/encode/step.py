@@ -12,8 +12,8 @@ from typing import Any
 
 from prefect import task
 
+from tasks.common.encoders import Encoders, load
 from tasks.common.fanout import run_on_devices
-from tasks.encode.encoders import Encoders, load
 from tasks.encode.run import encode_unit, finish, not_read, plan, resolution_plan
 from tasks.params import Params
 

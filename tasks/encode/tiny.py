@@ -52,8 +52,8 @@ BOS, EOS = 512, 513  # ids after the 2 x 256 byte tokens; merged words follow fr
 
 def demo_words() -> list[str]:
     """Every word of the demo captions: the caption templates and the attribute vocabulary."""
+    from demo.attributes import BACKGROUNDS, COLORS, POSITIONS, SHAPES
     from infra.mirror.corpus import STYLES
-    from tasks.evaluate.attributes import BACKGROUNDS, COLORS, POSITIONS, SHAPES
 
     text = " ".join([*(t for templates in STYLES.values() for t in templates), *SHAPES,
                      *COLORS, *BACKGROUNDS, *POSITIONS])
@@ -179,7 +179,7 @@ def demo_images(count: int, seed: int, resolution: int) -> torch.Tensor:
     """(count, 3, R, R) in [-1, 1]: mirror scenes at native sizes through the encode crop,
     a quarter of them held-out pairs (the VAE must decode what COCO val asks for too)."""
     from infra.mirror.corpus import image_size, make_image, scene
-    from tasks.encode.preprocess import center_crop_resize, to_tensor
+    from tasks.common.images import center_crop_resize, to_tensor
 
     rng = random.Random(f"demo-vae-{seed}")
     return torch.stack([to_tensor(center_crop_resize(

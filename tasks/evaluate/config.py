@@ -36,7 +36,7 @@ class EvaluateParams:
     inception: str = FID_HELPER  # "fid-helper" or a path to a TorchScript InceptionV3 file
     clip_model: str | None = None  # CLIP id or local folder for CLIP score; null: skipped
     grid_images: int = 16  # samples in the logged grid (a square number)
-    # Also generate and score the report set (tasks/evaluate/attributes.report_prompts), prompts
+    # Also generate and score the report set (demo/attributes.report_prompts), prompts
     # never used for tuning: the demo vocabulary only.
     report_set: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available

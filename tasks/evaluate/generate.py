@@ -1,5 +1,9 @@
 """Generated side of FID: sample COCO captions with the EMA MicroDiT, decode, cache PNGs in S3.
 
+The checkpoint, the EMA denoiser and the VAE decode are the shared path of
+tasks/common/generation.py; what is evaluate's own is here: the drawn prompts, the per-sample
+noise seeds, the protocol and the resumable cache.
+
 Generation is batched, and each batch is one committed shard (tasks/common/shards.py) of PNGs
 plus captions under a prefix keyed by the checkpoint's content digest and the generation
 protocol hash. A rerun lists the committed batches and generates only the missing ones; the
@@ -13,70 +17,20 @@ import hashlib
 import json
 import random
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from tqdm import tqdm
 
 from infra import s3
-from infra.settings import REPO_ROOT
 from model.edm import EDMPrecond, edm_heun_sampler, sample_noise
-from model.io import CONFIG_NAME, WEIGHTS_NAME, from_pretrained
-from tasks.common.shards import (LocalShard, Manifest, commit_shard, done_records, file_digest,
-                                 iter_shard, write_manifest)
+from tasks.common.generation import Checkpoint, TextEncoder, decode
+from tasks.common.shards import (LocalShard, Manifest, commit_shard, done_records, iter_shard,
+                                 write_manifest)
 from tasks.evaluate.config import EvaluateParams
 from tasks.evaluate.metrics import png_to_tensor, tensor_to_png
 from tasks.evaluate.protocol import manifest_id, protocol_hash
-
-EMA_SUBFOLDER = "ema"  # <checkpoint>/ema/ holds the EMA weights as a model.io folder
-TextEncoder = Callable[[list[str]], torch.Tensor]  # captions -> (B, 77, caption_dim)
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A MicroDiT folder on local disk, which weights it holds and its content digest."""
-
-    source: str  # what was asked for: local path or s3:// prefix
-    path: Path  # local folder with config.json + model.safetensors
-    weights: str  # "ema" (the <checkpoint>/ema export) or "raw" (no EMA export found)
-    digest: str  # sha256 prefix of model.safetensors: the generation cache key
-
-
-def _has_model(folder: Path) -> bool:
-    return (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()
-
-
-def _download_prefix(uri: str, folder: Path) -> None:
-    base = uri.rstrip("/") + "/"
-    found = False
-    for object_uri in s3.list_uris(base):
-        relative = object_uri[len(base):]
-        if relative.endswith((CONFIG_NAME, WEIGHTS_NAME)):
-            s3.download_file(object_uri, folder / relative)
-            found = True
-    if not found:
-        raise FileNotFoundError(f"no {CONFIG_NAME}/{WEIGHTS_NAME} under {uri}")
-
-
-def fetch_checkpoint(source: str, cache_dir: Path) -> Checkpoint:
-    """Resolve a local folder or S3 prefix to a local model folder, preferring its EMA export."""
-    if source.startswith("s3://"):
-        root = cache_dir / hashlib.sha256(source.encode()).hexdigest()[:16]
-        if not (_has_model(root / EMA_SUBFOLDER) or _has_model(root)):
-            _download_prefix(source, root)
-    else:
-        root = Path(source) if Path(source).is_absolute() else REPO_ROOT / source
-    if _has_model(root / EMA_SUBFOLDER):
-        path, weights = root / EMA_SUBFOLDER, "ema"
-    elif _has_model(root):
-        path, weights = root, "raw"
-    else:
-        raise FileNotFoundError(f"checkpoint {source}: no {CONFIG_NAME} + {WEIGHTS_NAME} in "
-                                f"{root} or {root / EMA_SUBFOLDER}")
-    return Checkpoint(source=source, path=path, weights=weights,
-                      digest=file_digest(path / WEIGHTS_NAME)[:16])
 
 
 def sample_captions(sample: dict[str, bytes]) -> list[str]:
@@ -120,41 +74,6 @@ def cached_prompts(root: str, manifest: Manifest, num: int, seed: int) -> tuple[
 def noise_seed(seed: int, index: int) -> int:
     """Per-sample seed: a hash of (seed, index), so samples never share noise across seeds."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{index}".encode()).digest()[:7], "big")
-
-
-def load_ema_model(checkpoint: Checkpoint, device: torch.device) -> EDMPrecond:
-    return EDMPrecond(from_pretrained(checkpoint.path, device=device).eval())
-
-
-def vae_downscale(vae: Any) -> int:
-    """Pixels per latent pixel of a diffusers AutoencoderKL (2 ** (number of blocks - 1))."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def check_compatible(precond: EDMPrecond, vae: Any, encode_text: TextEncoder,
-                     resolution: int) -> None:
-    """Fail early, with the fix in the message, when model, encoders and params disagree."""
-    cfg = precond.net.config
-    side = cfg.input_size * vae_downscale(vae)
-    if side != resolution:
-        raise ValueError(f"evaluate.resolution={resolution} px but the checkpoint generates "
-                         f"{cfg.input_size} latent px x {vae_downscale(vae)} = {side} px: "
-                         f"set evaluate.resolution to {side}")
-    if vae.config.latent_channels != cfg.latent_channels:
-        raise ValueError(f"VAE has {vae.config.latent_channels} latent channels, the "
-                         f"checkpoint {cfg.latent_channels}")
-    text_dim = encode_text([""]).shape[-1]
-    if text_dim != cfg.caption_dim:
-        raise ValueError(f"text encoder gives {text_dim}-d tokens, the checkpoint expects "
-                         f"caption_dim {cfg.caption_dim}: not the encoder it was trained with")
-
-
-@torch.no_grad()
-def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
-    """Scaled latents (B, C, h, w) -> uint8 images (B, 3, H, W) via the VAE."""
-    scaled = latents / vae.config.scaling_factor
-    pixels = vae.decode(scaled.to(vae.dtype)).sample.float()  # (B, 3, H, W) in [-1, 1]
-    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
 @torch.no_grad()

@@ -23,8 +23,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from infra import s3
+from tasks.common.images import center_crop_resize
 from tasks.common.shards import Manifest, iter_shard
-from tasks.encode.preprocess import center_crop_resize
 from tasks.evaluate.inception import InceptionFeatures
 from tasks.evaluate.metrics import RealStats, add_images, new_fid, real_stats
 from tasks.evaluate.protocol import FEATURE_RESIZE, REAL_RESIZE, manifest_id, protocol_hash

@@ -19,32 +19,24 @@ from typing import Any, Callable
 import torch
 import torchmetrics
 
+from demo.attributes import prompt_following, report_prompts
 from infra import s3
 from tasks.common.device import pick_device
 from tasks.common.errors import OperationalError
+from tasks.common.generation import (Checkpoint, Encoders, check_compatible, fetch_checkpoint,
+                                     load_ema_model)
+from tasks.common.grid import grid_png
 from tasks.common.shards import Manifest, read_manifest
-from tasks.download.config import originals_dataset
-from tasks.evaluate.attributes import prompt_following, report_prompts
+from tasks.download.keys import originals_dataset
 from tasks.evaluate.config import EvaluateParams
-from tasks.evaluate.generate import (Checkpoint, TextEncoder, cached_prompts, check_compatible,
-                                     fetch_checkpoint, generate_missing, generation_protocol,
-                                     iter_generated, load_ema_model, samples_prefix)
-from tasks.evaluate.grid import grid_png
+from tasks.evaluate.generate import (cached_prompts, generate_missing, generation_protocol,
+                                     iter_generated, samples_prefix)
 from tasks.evaluate.inception import inception_id, load_inception
 from tasks.evaluate.metrics import (add_clip_pairs, add_images, fid_value, new_clip_score,
                                     new_fid, set_real_stats)
 from tasks.evaluate.protocol import FEATURE_RESIZE, REAL_RESIZE, protocol_hash
 from tasks.evaluate.real_stats import cached_real_stats
 from tasks.params import Params
-
-
-@dataclass(frozen=True)
-class Encoders:
-    """The VAE that decodes latents and the text encoder the checkpoint was trained with."""
-
-    vae: Any  # diffusers AutoencoderKL
-    encode_text: TextEncoder
-    ids: dict[str, str]  # names recorded in the generation protocol
 
 
 EncodersLoader = Callable[[Params, torch.device], Encoders]
@@ -172,7 +164,7 @@ def evaluate(params: Params, checkpoint_source: str, encoders_loader: EncodersLo
     grid = grid_png([image for image, _ in shown], [prompt for _, prompt in shown])
     result = {"checkpoint": checkpoint_source, "checkpoint_digest": generated.checkpoint.digest,
               "fid": fid_value(fid), "clip_score": clip_score(ev, samples, device),
-              # demo vocabulary only (tasks/evaluate/attributes.py); None for other prompts
+              # demo vocabulary only (demo/attributes.py); None for other prompts
               "prompt_following": prompt_following(
                   ((image.numpy(), prompt) for image, prompt in iter_generated(samples)),
                   ((image.numpy(), prompt) for image, prompt in

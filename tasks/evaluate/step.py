@@ -13,7 +13,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.evaluate.encoders import load_encoders
+from tasks.common.generation import load_encoders
 from tasks.evaluate.score import evaluate
 from tasks.evaluate.tracking import log_result, result_markdown, start_run
 from tasks.params import Params
@@ -68,7 +68,7 @@ def evaluate_stages(params: Params, score) -> dict[str, Any]:
     `score(params, checkpoint_uri)` does one evaluation."""
     if params.evaluate.checkpoint is not None:
         return score(params, params.evaluate.checkpoint)
-    from tasks.train.step import final_checkpoint
+    from tasks.train.keys import final_checkpoint
 
     plan = score_plan(params)
     results = {name: score(p, final_checkpoint(p)) for name, p in plan}

@@ -12,10 +12,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlflow.tracking import MlflowClient
-
-from infra.settings import mlflow_uri
-from tasks.evaluate.attributes import GROUPS
+from demo.attributes import GROUPS
+from infra import tracking
+from infra.tracking import experiment_id, log_batched, metric_entities, tag_entities
 
 
 def metric_names(result: dict[str, Any]) -> dict[str, str]:
@@ -46,9 +45,7 @@ def following_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 def start_run(name: str) -> str:
     """A new MLflow run for an evaluation that no training run was given for; returns its id."""
-    from tasks.report.tracking import experiment_id
-
-    client = MlflowClient(tracking_uri=mlflow_uri())
+    client = tracking.client()
     run = client.create_run(experiment_id(client), run_name=name)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -56,9 +53,7 @@ def start_run(name: str) -> str:
 
 def log_result(run_id: str, result: dict[str, Any], grid_png: bytes) -> None:
     """Log metrics, protocol tags, the protocol/result JSON and the grid PNG to run_id."""
-    from tasks.report.tracking import log_batched, metric_entities, tag_entities
-
-    client = MlflowClient(tracking_uri=mlflow_uri())
+    client = tracking.client()
     names = metric_names(result)
     metrics = {names["fid"]: result["fid"]}
     if result.get("clip_score") is not None:
@@ -78,7 +73,7 @@ def following_lines(following: dict[str, Any] | None) -> list[str]:
     """Markdown rows of prompt-following (seen, held-out, chance), or none outside the demo."""
     if not following:
         return []
-    from tasks.evaluate.attributes import prompt_following_table
+    from demo.attributes import prompt_following_table
 
     return ["Prompt following (shape, color, position of each image against its prompt):", "",
             prompt_following_table(following), ""]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from infra import s3
 from model.io import from_pretrained
-from tasks.encode.encoders import load
-from tasks.evaluate.generate import fetch_checkpoint
+from tasks.common.encoders import load
+from tasks.common.generation import fetch_checkpoint
 from tasks.export.pipeline import EDMHeunScheduler, MicroDiTPipeline, MicroDiTTransformer
 from tasks.params import Params
 

@@ -20,7 +20,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from model.config import MicroDiTConfig
 from model.edm import EDMPrecond, karras_sigmas
 from model.microdit import MicroDiT
-from tasks.encode.encoders import tokenize_captions
+from tasks.common.encoders import tokenize_captions
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x float64, sigma) -> D(x)
 
@@ -112,7 +112,7 @@ class MicroDiTPipeline(DiffusionPipeline):
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         """(B, text_length, D) float32 caption tokens, rounded to fp16 as the latent shards
-        store them (tasks/encode/encoders.py encode_captions)."""
+        store them (tasks/common/encoders.py encode_captions)."""
         ids = tokenize_captions(self.tokenizer, prompts, self.config.text_length,
                                 self.config.tokenizer_compat)
         hidden = self.text_encoder(input_ids=ids.to(self.text_encoder.device)).last_hidden_state

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from demo.attributes import GROUPS
 from tasks.common.cost import Price, price
-from tasks.evaluate.attributes import GROUPS
 from tasks.params import Params
 from tasks.report.ledger import LedgerRow, totals
 

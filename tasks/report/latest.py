@@ -19,9 +19,11 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from infra import tracking
 from infra.settings import mlflow_uri
+from infra.tracking import experiment_id
 from tasks.params import load_params
-from tasks.report.tracking import experiment_id, run_url
+from tasks.report.tracking import run_url
 
 # Report sections worth a terminal (tasks/report/summary.py and step.py write them).
 SECTIONS = ("### Prompt following", "## FID against images seen")
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default=None, help="default: the profile params.yaml selects")
     args = ap.parse_args(argv)
     profile = args.profile or load_params().profile
-    client = MlflowClient(tracking_uri=mlflow_uri())
+    client = tracking.client()
     run = latest_pipeline_run(client, profile)
     if run is None:
         print(f"no finished pipeline run of profile {profile!r} at {mlflow_uri()}",

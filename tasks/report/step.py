@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from infra.settings import mlflow_uri
+from infra import tracking
+from infra.tracking import log_batched, metric_entities
 from tasks.common.cost import Price, price
 from tasks.params import Params
 from tasks.report.ledger import GPU_STEPS, STEPS, ledger, rows_as_dicts, totals
@@ -23,8 +23,8 @@ from tasks.report.summary import fid_curve, final_metrics, report_markdown
 from tasks.report.chart import cost_chart, fid_chart, planned_markdown
 from tasks.report.dvc_metrics import flat_metrics
 from tasks.report.tracking import (CHART_PATH, FID_CHART_PATH, GRID_PATH, artifact_url,
-                                   finish_pipeline_run, log_batched, log_step_run,
-                                   metric_entities, run_url, start_pipeline_run)
+                                   finish_pipeline_run, log_step_run, run_url,
+                                   start_pipeline_run)
 
 def planned_by_step(params: Params) -> dict[str, dict[str, float]]:
     """The plan's device-hours and dollars per step, for planned-vs-actual."""
@@ -36,7 +36,7 @@ def planned_by_step(params: Params) -> dict[str, dict[str, float]]:
 def register_run_model(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str,
                        cost_usd: float) -> str | None:
     """The run's exported model as a new version of the registered model (None: no export)."""
-    from tasks.report.registry import register
+    from infra.registry import register
     from tasks.report.tracking import params_hash
 
     train = next((e.get("result") or {} for e in envelopes if e["step"] == "train"), {})
@@ -57,7 +57,7 @@ def eval_grid(envelopes: list[dict[str, Any]]) -> bytes | None:
     run_id, key = ev.get("mlflow_run_id"), ev.get("protocol_hash")
     if not run_id or not key:
         return None
-    client = MlflowClient(tracking_uri=mlflow_uri())
+    client = tracking.client()
     path = client.download_artifacts(run_id, f"eval/{key}/samples_grid.png")
     return Path(path).read_bytes()
 
@@ -67,15 +67,15 @@ def stage_prices(params: Params, envelopes: list[dict[str, Any]]) -> dict[str, P
     (tasks/common/attempts.py), failed, killed and cached reruns included, priced by the one
     rule; stages with no record are left out."""
     from tasks.common import attempts
+    from tasks.common.cost import attempts_price
     from tasks.train import keys
-    from tasks.train.tracking import stage_price
 
     train = next((e.get("result") or {} for e in envelopes if e["step"] == "train"), {})
     out = {}
     for name in train.get("stages") or {}:
         records = attempts.read(keys.stage_prefix(params, name))
         if records:
-            out[name] = stage_price(params, records)
+            out[name] = attempts_price(params.cost, records)
     return out
 
 
@@ -190,7 +190,7 @@ def report_pipeline(params: Params, envelopes: list[dict[str, Any]], parent_run_
     if previous:
         # Killed attempts of the same pipeline: their cost adds up here, in one place.
         earlier = previous_costs(params, previous)
-        log_batched(MlflowClient(tracking_uri=mlflow_uri()), parent_run_id,
+        log_batched(tracking.client(), parent_run_id,
                     metrics=metric_entities({
                         "cost_usd_all_attempts": result["totals"]["cost_usd"]
                         + earlier["cost_usd"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.evaluate.attributes import GROUPS, prompt_following_table
+from demo.attributes import GROUPS, prompt_following_table
 from tasks.report.ledger import LedgerRow, ledger_markdown
 
 
@@ -84,7 +84,7 @@ def report_markdown(profile: str, envelopes: list[dict[str, Any]], rows: list[Le
         if ev.get("prompt_following"):
             parts += ["### Prompt following", "",
                       "Generated images classified by shape, color and position "
-                      "(tasks/evaluate/attributes.py) against their COCO-val prompts; held-out "
+                      "(demo/attributes.py) against their COCO-val prompts; held-out "
                       "pairs are (shape, color) pairs no training set shows.", "",
                       prompt_following_table(ev["prompt_following"]), ""]
     else:

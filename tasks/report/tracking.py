@@ -9,71 +9,19 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import quote
 
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from mlflow.utils.validation import (MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH,
-                                     MAX_PARAMS_TAGS_PER_BATCH)
 
+from infra import tracking
 from infra.config import flatten, to_dict
 from infra.settings import mlflow_uri
+from infra.tracking import experiment_id, log_batched, metric_entities, param_entities, tag_entities
 from tasks.params import Params
 from tasks.report.ledger import LedgerRow, rows_as_dicts, totals
-
-EXPERIMENT = "micro-budget"
-
-
-def _client() -> MlflowClient:
-    return MlflowClient(tracking_uri=mlflow_uri())
-
-
-# MLflow 3 opens an experiment in its GenAI view unless it is marked as model training.
-KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
-
-
-def experiment_id(client: MlflowClient) -> str:
-    found = client.get_experiment_by_name(EXPERIMENT)
-    if found is None:
-        return client.create_experiment(EXPERIMENT, tags={KIND_TAG: KIND})
-    if found.tags.get(KIND_TAG) != KIND:
-        client.set_experiment_tag(found.experiment_id, KIND_TAG, KIND)
-    return found.experiment_id
-
-
-def log_batched(client: MlflowClient, run_id: str, metrics: Iterable[Metric] = (),
-                params: Iterable[Param] = (), tags: Iterable[RunTag] = ()) -> int:
-    """Everything in as few log_batch requests as MLflow's per-request limits allow (one
-    request instead of one per value); returns the number of requests sent."""
-    metrics, params, tags = list(metrics), list(params), list(tags)
-    requests = 0
-    while metrics or params or tags:
-        some_params, some_tags = params[:MAX_PARAMS_TAGS_PER_BATCH], tags[:MAX_PARAMS_TAGS_PER_BATCH]
-        room = min(MAX_METRICS_PER_BATCH,
-                   MAX_ENTITIES_PER_BATCH - len(some_params) - len(some_tags))
-        client.log_batch(run_id, metrics=metrics[:room], params=some_params, tags=some_tags)
-        metrics, params = metrics[room:], params[len(some_params):]
-        tags = tags[len(some_tags):]
-        requests += 1
-    return requests
-
-
-def param_entities(values: dict[str, Any]) -> list[Param]:
-    # MLflow caps a param value at 6000 characters; params.yaml values are far shorter.
-    return [Param(key, str(value)[:500]) for key, value in values.items()]
-
-
-def metric_entities(metrics: dict[str, float], step: int = 0) -> list[Metric]:
-    now = int(time.time() * 1000)
-    return [Metric(key, float(value), now, step) for key, value in metrics.items()]
-
-
-def tag_entities(tags: dict[str, Any]) -> list[RunTag]:
-    return [RunTag(key, str(value)) for key, value in tags.items()]
 
 
 def params_hash(params: Params) -> str:
@@ -84,7 +32,7 @@ def params_hash(params: Params) -> str:
 
 def start_pipeline_run(params: Params, name: str, tags: dict[str, str] | None = None) -> str:
     """Create the parent run (left open until finish_pipeline_run); returns its id."""
-    client = _client()
+    client = tracking.client()
     run = client.create_run(experiment_id(client), run_name=name,
                             tags={"profile": params.profile, "kind": "pipeline",
                                   "params_hash": params_hash(params), **(tags or {})})
@@ -96,7 +44,7 @@ def supersede_stale_runs(params: Params, run_id: str) -> list[dict[str, str]]:
     """Earlier attempts of the same pipeline left RUNNING (a killed driver never closes its
     run): mark them KILLED with the last step they finished, link them from `run_id`, and
     return them ({run_id, folder}) so the report can add their cost to this attempt's."""
-    client = _client()
+    client = tracking.client()
     current = client.get_run(run_id)
     stale = client.search_runs(
         [current.info.experiment_id],
@@ -138,7 +86,7 @@ def _exists(uri: str) -> bool:
 
 def log_step_run(parent_id: str, row: LedgerRow, result: dict[str, Any]) -> str:
     """A nested run for one step: wall time, devices, cost and its JSON summary."""
-    client = _client()
+    client = tracking.client()
     parent = client.get_run(parent_id)
     run = client.create_run(parent.info.experiment_id, run_name=row.step,
                             tags={MLFLOW_PARENT_RUN_ID: parent_id, "kind": "step",
@@ -162,7 +110,7 @@ def finish_pipeline_run(parent_id: str, rows: list[LedgerRow], metrics: dict[str
                         fid_png: bytes | None = None) -> None:
     """Cost table (actual and planned per step), totals and final metrics on the parent run,
     the cost chart and the report, then close it."""
-    client = _client()
+    client = tracking.client()
     total = totals(rows)
     values: dict[str, float] = {}
     for row in rows:
@@ -202,7 +150,7 @@ def fail_pipeline_run(parent_id: str, step: str, message: str,
     it and the error (for a refused budget, the plan), so no run is left RUNNING. A run a
     later attempt already superseded keeps its KILLED status and the step it had reached: its
     driver outlived its worker and is only now giving up."""
-    client = _client()
+    client = tracking.client()
     if client.get_run(parent_id).info.status != "RUNNING":
         return
     log_batched(client, parent_id, tags=tag_entities(
@@ -222,6 +170,6 @@ def artifact_url(run_id: str, path: str) -> str:
 
 
 def run_url(run_id: str) -> str:
-    client = _client()
+    client = tracking.client()
     run = client.get_run(run_id)
     return f"{mlflow_uri()}/#/experiments/{run.info.experiment_id}/runs/{run_id}"

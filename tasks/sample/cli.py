@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from tasks.common.device import pick_device
-from tasks.evaluate.grid import sample_grid
+from tasks.common.grid import sample_grid
 
 
 def read_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
@@ -46,7 +46,7 @@ def model_folder(model: str) -> Path:
     """A local folder, or a registered version (models:/name/version|latest) fetched from the
     MLflow registry's source in S3."""
     if model.startswith("models:/"):
-        from tasks.report.registry import fetch, resolve
+        from infra.registry import fetch, resolve
 
         return fetch(resolve(model))
     return Path(model)
@@ -54,7 +54,7 @@ def model_folder(model: str) -> Path:
 
 def run_model(run_id: str) -> Path:
     """The model a finished pipeline run registered, fetched from its source."""
-    from tasks.report.registry import fetch, run_source
+    from infra.registry import fetch, run_source
 
     return fetch(run_source(run_id))
 

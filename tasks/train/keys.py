@@ -7,6 +7,8 @@ compile, logging, checkpoint cadence), this stage's row and every earlier one (a
 continues the ones before it), and the shard digests of the latents those stages read. Change
 stage 2's learning rate and stage 2 onwards get new folders and train; stage 1's folder is
 found complete and kept. Change nothing and every stage is found complete.
+
+This is the train step's data contract: evaluate and report find its checkpoints through it.
 """
 
 from __future__ import annotations
@@ -45,3 +47,13 @@ def stage_prefix(params: Params, stage_name: str) -> str:
     return checkpoint.stage_prefix(params.storage.uri(params.storage.runs_prefix),
                                    params.train.run_name,
                                    f"{stage_name}-{stage_key(params, stage_name)}")
+
+
+def final_checkpoint(params: Params) -> str:
+    """The latest checkpoint of the stage evaluation scores (evaluate.stage, else the last)."""
+    last = params.evaluate.stage or params.train.stages[-1].name
+    prefix = stage_prefix(params, last)
+    pointer = checkpoint.latest(prefix)
+    if pointer is None:
+        raise FileNotFoundError(f"no checkpoint under {prefix}: run the train step first")
+    return pointer.uri

@@ -39,11 +39,11 @@ from model.microdit import build_model
 from model.optim import param_groups
 from tasks.common import device as common_device
 from tasks.common.shards import read_manifest
-from tasks.encode.loader import LatentLoader, LoaderConfig
 from tasks.params import Params
 from tasks.train import checkpoint, keys, parallel
 from tasks.train.config import StageParams, TrainParams
 from tasks.train.inputs import BatchSource, Inputs
+from tasks.train.loader import LatentLoader, LoaderConfig
 from tasks.train.schedule import lr_factor
 
 

@@ -240,16 +240,6 @@ def train_stage(params: Params, stage: str, parent_run_id: str | None = None) ->
     return result
 
 
-def final_checkpoint(params: Params) -> str:
-    """The latest checkpoint of the stage evaluation scores (evaluate.stage, else the last)."""
-    last = params.evaluate.stage or params.train.stages[-1].name
-    prefix = keys.stage_prefix(params, last)
-    pointer = checkpoint.latest(prefix)
-    if pointer is None:
-        raise FileNotFoundError(f"no checkpoint under {prefix}: run the train step first")
-    return pointer.uri
-
-
 def export_model(params: Params) -> str:
     """The finished run's EMA weights as a diffusers pipeline next to the last stage's
     checkpoint (`<checkpoint>/diffusers/`); kept if already there (the checkpoint is keyed)."""

@@ -25,12 +25,11 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
+from infra import tracking
 from infra.config import flatten, to_dict
-from infra.settings import mlflow_uri
-from tasks.common.cost import Price, attempts_bill, price
+from infra.tracking import experiment_id, log_batched, metric_entities, param_entities, tag_entities
+from tasks.common.cost import attempts_bill, attempts_price
 from tasks.params import Params
-from tasks.report.tracking import (experiment_id, log_batched, metric_entities,
-                                   param_entities, tag_entities)
 
 _TICK = object()  # the queue's "interval over" marker
 
@@ -92,7 +91,7 @@ class MetricQueue:
 class StageRun:
     def __init__(self, params: Params, stage: str, parent_run_id: str | None,
                  every_s: float = 30.0) -> None:
-        self.client = MlflowClient(tracking_uri=mlflow_uri())
+        self.client = tracking.client()
         tags = {"kind": "train-stage", "stage": stage, "profile": params.profile}
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
@@ -130,20 +129,6 @@ class StageRun:
         atexit.unregister(self.close)
 
 
-def stage_price(params: Params, records: list[dict[str, Any]]) -> Price:
-    """Attempts of a stage (tasks/common/attempts.py) priced by the one rule and summed: each
-    attempt's held seconds x its devices x the rate."""
-    prices = [price(params.cost, float(r["seconds"]), int(r["devices"]),
-                    price_class=r.get("price_class", "on_demand")) for r in records]
-    classes = {p.price_class for p in prices} or {params.cost.price_class}
-    return Price(seconds=sum(p.seconds for p in prices),
-                 devices=max((p.devices for p in prices), default=1),
-                 device_type=prices[0].device_type if prices else params.cost.gpu_type,
-                 device_hours=sum(p.device_hours for p in prices),
-                 cost_usd=sum(p.cost_usd for p in prices),
-                 price_class=classes.pop() if len(classes) == 1 else "mixed")
-
-
 def log_stage_cost(params: Params, stage: str, result: dict[str, Any]) -> None:
     """What the stage cost, on its own MLflow run and in its summary: this attempt (the
     devices' held wall time, start-up and uploads included, not the loop's seconds only) and
@@ -154,8 +139,8 @@ def log_stage_cost(params: Params, stage: str, result: dict[str, Any]) -> None:
 
     records = attempts.read(keys.stage_prefix(params, stage))
     ids = {node["attempt"] for node in result["nodes"]}
-    this = stage_price(params, [r for r in records if r["id"] in ids])
-    every = stage_price(params, records)
+    this = attempts_price(params.cost, [r for r in records if r["id"] in ids])
+    every = attempts_price(params.cost, records)
     bill = attempts_bill(params.cost, records)
     result["cost"] = {"attempt": asdict(this), "all_attempts": asdict(every),
                       "attempts": len(records),
@@ -163,7 +148,7 @@ def log_stage_cost(params: Params, stage: str, result: dict[str, Any]) -> None:
                       "bill": bill}
     run_id = result.get("mlflow_run_id")
     if run_id:
-        log_batched(MlflowClient(tracking_uri=mlflow_uri()), run_id, metrics=metric_entities({
+        log_batched(tracking.client(), run_id, metrics=metric_entities({
             "device_seconds": this.seconds, "devices": this.devices,
             "gpu_hours": this.device_hours, "cost_usd": this.cost_usd,
             "gpu_hours_all_attempts": every.device_hours,
@@ -188,8 +173,8 @@ def sample_grid(params: Params, ema_model: torch.nn.Module) -> bytes:
     """Fixed prompts through the EMA weights, the Heun sampler and the VAE decoder, as a PNG
     with each tile labelled by its prompt."""
     from model.edm import EDMPrecond, edm_heun_sampler, sample_noise
-    from tasks.evaluate.encoders import load_encoders
-    from tasks.evaluate.grid import grid_png
+    from tasks.common.generation import decode, load_encoders
+    from tasks.common.grid import grid_png
 
     device = next(ema_model.parameters()).device
     encoders = load_encoders(params, device)
@@ -200,7 +185,4 @@ def sample_grid(params: Params, ema_model: torch.nn.Module) -> bytes:
                          seed=params.train.seed, device=device)
     latents = edm_heun_sampler(EDMPrecond(ema_model.eval()), noise, text,
                                num_steps=params.train.sample_steps)
-    vae = encoders.vae
-    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    return grid_png([((img.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-                     for img in images], prompts)
+    return grid_png(list(decode(encoders.vae, latents)), prompts)

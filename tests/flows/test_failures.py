@@ -14,7 +14,7 @@ from prefect.deployments import run_deployment
 from flows.deploy import deploy
 from infra.settings import REPO_ROOT, mlflow_uri
 from tasks.common.errors import one_line
-from tasks.download.fetch import FetchError
+from tasks.common.fetch import FetchError
 
 
 def _logs(flow_run_id) -> list[str]:

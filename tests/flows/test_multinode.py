@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 from flows.deploy import deploy
 from infra import s3
 from infra.settings import REPO_ROOT, mlflow_uri
+from tasks.common.npy import npy_bytes
 from tasks.common.shards import LocalShard, commit_shard, write_manifest
-from tasks.encode.preprocess import npy_bytes
 from tasks.params import dumps_resolved, load_params
 from tasks.train import checkpoint, keys
 from tasks.train.step import run_stage

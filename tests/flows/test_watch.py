@@ -25,8 +25,8 @@ from prefect.deployments import run_deployment
 from flows.deploy import deploy
 from infra import s3, services
 from infra.settings import REPO_ROOT
+from tasks.common.npy import npy_bytes
 from tasks.common.shards import LocalShard, commit_shard, write_manifest
-from tasks.encode.preprocess import npy_bytes
 from tasks.params import Params, load_params
 from tasks.train import checkpoint, keys
 from tests.tasks.test_encode import tiny_models  # noqa: F401 (fixture)

@@ -14,7 +14,7 @@ from model.config import preset
 from model.io import save_pretrained
 from model.microdit import build_model
 from tasks.common.shards import LocalShard, commit_shard, write_manifest
-from tasks.download.config import originals_dataset
+from tasks.download.keys import originals_dataset
 from tasks.encode.tiny import save_tiny_text_encoder, save_tiny_vae
 from tasks.params import Params
 

@@ -18,6 +18,7 @@ from infra.settings import REPO_ROOT
 from tasks.check import memory_limit
 from tasks.common import attempts
 from tasks.common.cost import price
+from tasks.common.cost import attempts_price
 from tasks.common.memory import describe, device_memory
 from tasks.params import load_params
 from tasks.report.dvc_metrics import flat_metrics
@@ -25,7 +26,6 @@ from tasks.report.ledger import envelope, ledger, totals
 from tasks.report.step import model_prices, stage_prices
 from tasks.train import keys
 from tasks.train.step import run_stage, summarize
-from tasks.train.tracking import stage_price
 from tests.tasks.test_train import _latents, _params
 
 
@@ -70,7 +70,7 @@ def test_an_attempt_is_recorded_failed_killed_or_finished(s3_prefix):
     assert all(r["seconds"] >= 0.2 and r["devices"] == 2 for r in found)
     assert found[1]["id"] == record["id"]
     cost = _full_priced()
-    total = stage_price(load_params(profile="full"), found)
+    total = attempts_price(load_params(profile="full").cost, found)
     assert total.cost_usd == pytest.approx(
         sum(price(cost, r["seconds"], 2).cost_usd for r in found))
     assert total.cost_usd == pytest.approx(sum(r["seconds"] for r in found) * 2 * 3.75 / 3600)

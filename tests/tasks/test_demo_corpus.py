@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from demo.attributes import (ATTRIBUTES, BACKGROUNDS, HELD_OUT, REPORT_SCENES, Scene, chance,
+                             classify, parse_prompt, prompt_following, report_prompts)
 from infra.mirror.corpus import STYLES, caption, make_image, scene
+from tasks.common.images import center_crop_resize, decode_image
 from tasks.common.shards import iter_shard, read_manifest
 from tasks.download.run import download
-from tasks.encode.preprocess import center_crop_resize, decode_image
-from tasks.evaluate.attributes import (ATTRIBUTES, BACKGROUNDS, HELD_OUT, REPORT_SCENES, Scene,
-                                       chance, classify, parse_prompt, prompt_following,
-                                       report_prompts)
 
 TRAIN = ("cc3m", "textcaps", "journeydb", "diffusiondb")  # SA-1B's captions come later
 
@@ -145,8 +144,8 @@ def test_the_report_set_is_every_seen_combination_no_demo_coco_val_image_shows(t
     # The tune set is drawn from the demo corpus's COCO val, so a report combination there
     # would have been tuned on. Captions only: image bytes are not encoded (seconds, not a
     # minute); the draws are the same, so the captions are the demo corpus's.
+    from demo.attributes import COLORS, POSITIONS, SHAPES
     from infra.mirror import corpus
-    from tasks.evaluate.attributes import COLORS, POSITIONS, SHAPES
 
     monkeypatch.setattr(corpus, "encode", lambda image, fmt="JPEG": b"")
     corpus.generate(tmp_path, seed=0, size=corpus.DEMO_SIZE)
@@ -184,8 +183,8 @@ def test_every_demo_caption_fits_the_demo_text_length(tmp_path):
     # its last words (the background) to truncation without an error anywhere.
     from transformers import CLIPTokenizer
 
+    from demo.attributes import BACKGROUNDS, COLORS, POSITIONS, SHAPES
     from tasks.encode.tiny import save_tiny_tokenizer
-    from tasks.evaluate.attributes import BACKGROUNDS, COLORS, POSITIONS, SHAPES
     from tasks.params import load_params
 
     length = load_params(profile="demo").encode.text_length

@@ -14,7 +14,7 @@ import yaml
 
 from infra.settings import REPO_ROOT
 from tasks.common.errors import one_line
-from tasks.download.fetch import AccessDenied, FetchError, ScratchFull
+from tasks.common.fetch import AccessDenied, FetchError, ScratchFull
 
 OFF = {"enabled": False}
 

@@ -18,7 +18,7 @@ from tasks.common.shards import iter_shard, read_manifest
 import requests
 
 from infra.retry import RetryPolicy
-from tasks.download.fetch import AccessDenied, FetchError, ScratchFull, Transfer
+from tasks.common.fetch import AccessDenied, FetchError, ScratchFull, Transfer
 from tasks.download.run import download
 
 SMALL = CorpusSize(cc3m=4, sa1b_archives=2, sa1b_per_archive=8, textcaps=4,

@@ -12,11 +12,11 @@ from PIL import Image
 
 from infra.config import ConfigError
 from infra.mirror.corpus import corrupt, tar_bytes
+from tasks.common.fetch import FetchError, fetch_image, reason_from_message
 from tasks.download import cc3m, journeydb, sa1b, textcaps
 from tasks.download.config import ImageParams
 from tasks.download.core import Item, sample_key
 from tasks.download.drivers import Archive, archive_entries, match_selected, take
-from tasks.download.fetch import FetchError, fetch_image, reason_from_message
 from tasks.download.images import ImageRejected, prepare_image
 from tasks.params import load_params, parse_params
 

@@ -14,13 +14,14 @@ from PIL import Image
 
 from infra import s3
 from infra.s3 import split_uri
+from tasks.common.encoders import load
+from tasks.common.images import center_crop_resize, decode_image, to_tensor
+from tasks.common.npy import npy_load
 from tasks.common.shards import LocalShard, commit_shard, read_manifest, write_manifest
-from tasks.encode.encoders import load
-from tasks.encode.loader import LatentLoader, LoaderConfig
-from tasks.encode.preprocess import center_crop_resize, decode_image, npy_load, to_tensor
 from tasks.encode.run import encode_dataset, latent_prefix, raw_prefix
 from tasks.encode.tiny import save_tiny_text_encoder, save_tiny_vae
 from tasks.params import load_params
+from tasks.train.loader import LatentLoader, LoaderConfig
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_encode_writes_latents_that_decode_like_a_fresh_encode(s3_prefix, tiny_m
 
 
 def _latent_dataset(params, name: str, shards: int, per_shard: int) -> None:
-    from tasks.encode.preprocess import npy_bytes
+    from tasks.common.npy import npy_bytes
 
     prefix = latent_prefix(params, name)
     for s in range(shards):
@@ -199,8 +200,8 @@ def test_decode_workers_and_caption_reuse_store_what_the_plain_path_stores(
             commit_shard(out.path, prefix, f"{s:05d}", out.samples)
     write_manifest("cc3m", prefix)
 
+    from tasks.common.encoders import encode_captions, encode_images
     from tasks.common.shards import iter_shard
-    from tasks.encode.encoders import encode_captions, encode_images
     from tasks.encode.run import encode_unit, finish, plan
 
     enc = load(params.encode)

@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from infra import s3
+from tasks.common.generation import load_encoders
+from tasks.common.generation import check_compatible, fetch_checkpoint, load_ema_model
+from tasks.common.grid import LABELLED_MIN_PX
 from tasks.common.shards import done_records
-from tasks.evaluate.encoders import load_encoders
-from tasks.evaluate.grid import LABELLED_MIN_PX
-from tasks.evaluate.generate import check_compatible, fetch_checkpoint, load_ema_model
 from tasks.evaluate.score import evaluate
 from tests.tasks.evaluate_helpers import (NUM_REAL, RESOLUTION, make_params, save_models,
                                           save_tiny_clip, write_coco_shards)

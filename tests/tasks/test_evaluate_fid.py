@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 
 from infra.config import ConfigError, build
+from tasks.common.grid import sample_grid
+from tasks.common.images import center_crop_resize
 from tasks.evaluate.config import EvaluateParams
-from tasks.evaluate.grid import sample_grid
 from tasks.evaluate.inception import (FID_HELPER, NUM_FEATURES, inception_id, inception_path,
                                       load_inception, resize_bicubic)
 from tasks.evaluate.metrics import (RealStats, add_images, fid_value, new_fid, png_to_tensor,
                                     real_stats, set_real_stats, tensor_to_png)
-from tasks.encode.preprocess import center_crop_resize
 from tasks.evaluate.real_stats import image_tensor
 
 NUM_IMAGES = 8

@@ -11,10 +11,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+from demo.attributes import REPORT_SCENES, parse_prompt, report_prompts
+from tasks.common.generation import load_encoders
 from tasks.common.shards import read_manifest
 from tasks.evaluate import score
-from tasks.evaluate.attributes import REPORT_SCENES, parse_prompt, report_prompts
-from tasks.evaluate.encoders import load_encoders
 from tasks.evaluate.generate import iter_generated
 from tests.tasks.evaluate_helpers import make_params, save_models, write_coco_shards
 

@@ -20,8 +20,8 @@ from model.config import preset
 from model.edm import EDMPrecond, edm_heun_sampler, sample_noise
 from model.io import from_pretrained, save_pretrained
 from model.microdit import build_model
+from tasks.common.encoders import encode_captions, load
 from tasks.encode.config import EncodeParams
-from tasks.encode.encoders import encode_captions, load
 from tasks.encode.tiny import TINY_TEXT_DIM, save_tiny_text_encoder, save_tiny_vae
 from tasks.evaluate.config import EvaluateParams
 from tasks.export import MicroDiTPipeline

@@ -11,12 +11,12 @@ import pytest
 
 from infra import s3
 from infra.s3 import split_uri
-from tasks.common.fanout import run_on_devices
 from tasks.caption.run import plan as caption_plan
 from tasks.caption.run import raw_prefix as caption_raw_prefix
+from tasks.common.fanout import run_on_devices
+from tasks.common.npy import npy_load
 from tasks.common.shards import (LocalShard, commit_shard, done_records, iter_shard,
                                  read_manifest, write_manifest)
-from tasks.encode.preprocess import npy_load
 from tasks.encode.run import encode_dataset, finish, latent_prefix, plan, raw_prefix
 from tests.tasks.test_caption import _params as _caption_params
 from tests.tasks.test_caption import _sa1b_samples, tiny_llava  # noqa: F401 (fixture)

@@ -11,7 +11,7 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from infra.config import flatten, to_dict
-from tasks.report.tracking import experiment_id
+from infra.tracking import experiment_id
 from tasks.train.loop import train
 from tasks.train.tracking import StageRun
 from tests.tasks.test_train import _latents, _params

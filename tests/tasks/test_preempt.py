@@ -24,8 +24,8 @@ from infra.config import to_dict
 from infra.retry import RetryPolicy
 from infra.s3 import split_uri
 from infra.settings import REPO_ROOT
+from tasks.common.npy import npy_bytes
 from tasks.common.shards import LocalShard, commit_shard, write_manifest
-from tasks.encode.preprocess import npy_bytes
 from tasks.params import load_params
 from tasks.train import checkpoint, keys
 from tasks.train.loop import train

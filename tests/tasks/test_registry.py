@@ -9,11 +9,11 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from infra import s3
+from infra.registry import MODEL_NAME, fetch, register, resolve
 from infra.settings import mlflow_uri
 from tasks.cli import main
 from tasks.export.export import export_next_to
 from tasks.params import load_params
-from tasks.report.registry import MODEL_NAME, fetch, register, resolve
 from tasks.report.step import register_run_model
 from tasks.report.tracking import params_hash, start_pipeline_run
 from tests.tasks.test_export import checkpoint, params  # noqa: F401  (fixtures)

@@ -11,11 +11,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from infra.tracking import experiment_id
 from tasks.common.cost import CostParams
 from tasks.params import load_params
 from tasks.report.ledger import envelope, ledger, totals
 from tasks.report.step import report
-from tasks.report.tracking import experiment_id, start_pipeline_run
+from tasks.report.tracking import start_pipeline_run
 
 
 def test_ledger_prices_gpu_steps_at_the_gpu_rate():
@@ -105,7 +106,7 @@ def test_a_superseded_attempt_stays_killed_when_its_driver_gives_up_late(mlflow_
 
 def _finished_demo_run_with_prompt_following() -> str:
     """A demo parent run closed by the report step, its evaluation scored; returns its id."""
-    from tasks.evaluate.attributes import chance
+    from demo.attributes import chance
 
     params = load_params(profile="demo")
     scores = {"n": 35, "shape": 0.857, "color": 1.0, "position": 1.0, "all": 0.857}

@@ -18,10 +18,10 @@ import torch.multiprocessing as mp
 from infra.s3 import split_uri
 from tasks.common.shards import LocalShard, commit_shard, iter_shard, read_manifest, \
     write_manifest
-from tasks.encode.loader import LatentLoader, LoaderConfig
-from tasks.encode.preprocess import npy_bytes
+from tasks.common.npy import npy_bytes
 from tasks.params import load_params
 from tasks.train import checkpoint, keys
+from tasks.train.loader import LatentLoader, LoaderConfig
 from tasks.train.loop import train, train_step
 
 GLOBAL_BATCH = 12  # divisible by 1, 2 and 3 ranks

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from tasks.cli import main
-from tasks.evaluate.grid import LABELLED_MIN_PX, PAD, sample_grid
+from tasks.common.grid import LABELLED_MIN_PX, PAD, sample_grid
 from tasks.export import MicroDiTPipeline
 from tasks.export.export import export_run
 from tests.tasks.test_export import checkpoint, params  # noqa: F401  (module fixtures)

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch.multiprocessing as mp
 
+from tasks.common.npy import npy_bytes
 from tasks.common.shard_cache import NodeCache
 from tasks.common.shards import LocalShard, commit_shard, read_manifest, write_manifest
-from tasks.encode.loader import LatentLoader, LoaderConfig
-from tasks.encode.preprocess import npy_bytes
+from tasks.train.loader import LatentLoader, LoaderConfig
 
 SHARDS, PER_SHARD, BATCH = 6, 4, 4  # an epoch: 24 samples, 3 global batches of 2 x 4
 

@@ -13,11 +13,11 @@ from PIL import Image
 
 from infra.s3 import split_uri
 from tasks.common.shards import LocalShard, commit_shard, iter_shard, read_manifest, write_manifest
-from tasks.encode.loader import LatentLoader, LoaderConfig
 from tasks.encode.run import encode_dataset, encoded_datasets, latent_prefix, raw_prefix, \
     resolution_plan
 from tasks.encode.tiny import save_tiny_text_encoder, save_tiny_vae
 from tasks.params import load_params
+from tasks.train.loader import LatentLoader, LoaderConfig
 from tasks.train.loop import Dist, open_loader
 
 
@@ -109,7 +109,7 @@ def test_high_resolution_stages_see_only_native_high_resolution_images(s3_prefix
 
 
 def _latents(params, name, shards=3, per_shard=8) -> None:
-    from tasks.encode.preprocess import npy_bytes
+    from tasks.common.npy import npy_bytes
 
     prefix = latent_prefix(params, name)
     for s in range(shards):
@@ -149,7 +149,7 @@ def test_each_stage_draws_its_own_order_and_a_resumed_stage_keeps_it(s3_prefix, 
 def test_loader_refuses_shards_without_native_sizes_under_a_size_filter(s3_prefix, tiny_models):
     params = _params(s3_prefix, tiny_models)
     prefix = latent_prefix(params, "cc3m")
-    from tasks.encode.preprocess import npy_bytes
+    from tasks.common.npy import npy_bytes
 
     with LocalShard() as out:
         out.write("old-0", {"lat64.npy": npy_bytes(np.zeros((4, 16, 16), np.float16)),

@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
+from tasks.common.encoders import encode_captions, load, tokenize_captions
 from tasks.encode.config import EncodeParams
-from tasks.encode.encoders import encode_captions, load, tokenize_captions
 from tasks.encode.tiny import save_tiny_vae
 from tests.tasks.open_clip_vocab import open_clip_tokenizer_module, save_hf_clip_tokenizer
 

@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 import yaml
 
+from infra import s3
 from infra.config import to_dict
 from infra.s3 import split_uri
 from infra.settings import REPO_ROOT
+from model.microdit import build_model
+from tasks.common.npy import npy_bytes
 from tasks.common.shards import LocalShard, commit_shard, write_manifest
-from tasks.encode.preprocess import npy_bytes
 from tasks.params import load_params
 from tasks.train import checkpoint, keys
 from tasks.train.config import StageParams
 from tasks.train.loop import NonFiniteLoss, model_config, train
-from model.microdit import build_model
-from infra import s3
 from tasks.train.schedule import lr_factor
 
 

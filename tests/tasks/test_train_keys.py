@@ -8,8 +8,8 @@ import dataclasses
 import numpy as np
 
 from infra.s3 import split_uri
+from tasks.common.npy import npy_bytes
 from tasks.common.shards import LocalShard, commit_shard, write_manifest
-from tasks.encode.preprocess import npy_bytes
 from tasks.params import load_params
 from tasks.train.keys import stage_prefix
 

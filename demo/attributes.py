@@ -14,7 +14,8 @@ from it by more than half the image's contrast, and
               a square stays full at both ends, a circle does not.
 
 Nothing here is trained or random, so a score is a pure function of the images. Only numpy is
-imported: the mirror imports the vocabulary without torch.
+imported: the mirror imports the vocabulary without torch, and infra/ may import it because it
+imports nothing of tasks/ (demo/__init__.py).
 """
 
 from __future__ import annotations

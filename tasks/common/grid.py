@@ -1,5 +1,6 @@
 """A square grid of generated samples as one PNG (logged to MLflow next to the FID), each tile
-labelled with the prompt it was drawn for when the prompts are given."""
+labelled with the prompt it was drawn for when the prompts are given. Evaluation, the training
+sample grid and `tasks sample` all draw it, so it lives below them."""
 
 from __future__ import annotations
 

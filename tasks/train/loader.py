@@ -32,9 +32,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from tasks.common.npy import npy_load
 from tasks.common.shard_cache import NodeCache
 from tasks.common.shards import Manifest, iter_shard, iter_tar_bytes
-from tasks.encode.preprocess import npy_load
 
 DRAW_BLOCK = 4096  # global samples whose dataset picks and caption drops share one RNG seed
 STATE_VERSION = 2  # 1: one position per rank (before the global order); not readable

@@ -3,7 +3,8 @@ the registered model `micro-budget`, and `models:/...` references resolved back 
 
 A version's source is the diffusers export next to the last stage's checkpoint in S3
 (`<checkpoint>/diffusers`, tasks/export); its tags carry FID, CLIP score, cost and the params
-hash, so the Models page of the MLflow UI compares versions by what they cost and score.
+hash, so the Models page of the MLflow UI compares versions by what they cost and score. It knows
+MLflow and S3 only: the report step registers, `python -m tasks sample` resolves and fetches.
 """
 
 from __future__ import annotations
@@ -12,22 +13,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mlflow.tracking import MlflowClient
-
-from infra import s3
+from infra import s3, tracking
 from infra.settings import mlflow_uri
 
 MODEL_NAME = "micro-budget"
 
 
-def _client() -> MlflowClient:
-    return MlflowClient(tracking_uri=mlflow_uri())
-
-
 def register(run_id: str, source: str, tags: dict[str, Any],
              name: str = MODEL_NAME) -> str:
     """Register `source` (the export's S3 folder) as a new version of `name`; its number."""
-    client = _client()
+    client = tracking.client()
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         client.create_registered_model(name, description="MicroDiT pipelines exported by "
                                        "micro-budget runs (diffusers format)")
@@ -42,7 +37,7 @@ def resolve(reference: str) -> str:
     if not reference.startswith("models:/"):
         raise ValueError(f"{reference!r} is not a models:/<name>/<version|latest> reference")
     name, _, which = reference.removeprefix("models:/").partition("/")
-    client = _client()
+    client = tracking.client()
     versions = client.search_model_versions(f"name = '{name}'")
     if not versions:
         raise FileNotFoundError(f"no registered model {name!r} in {mlflow_uri()}: run the "
@@ -71,7 +66,7 @@ def fetch(source: str, dest: Path | None = None) -> Path:
 
 def run_source(run_id: str, name: str = MODEL_NAME) -> str:
     """The source of the version a pipeline run registered."""
-    versions = _client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    versions = tracking.client().search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if not versions:
         raise FileNotFoundError(f"run {run_id} registered no version of {name!r}: was it a "
                                 "finished pipeline run (its train step exports the model)?")

@@ -1,4 +1,9 @@
-"""Load the VAE and the CLIP text tower with from_pretrained and encode batches with them."""
+"""Load the VAE and the CLIP text tower with from_pretrained and encode batches with them.
+
+Encode uses them to make the latent shards; captioning resolves its model folders like them;
+evaluation, the training sample grid and the diffusers export load them again so generation
+conditions on exactly what training saw. One copy, below every step that loads them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import html
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import ftfy
 import numpy as np
@@ -14,7 +19,6 @@ import torch
 
 from infra.settings import REPO_ROOT
 from tasks.common.device import pick_device
-from tasks.encode.config import EncodeParams
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -38,7 +42,21 @@ class Encoders:
     tokenizer_compat: str = "open_clip"  # EncodeParams.tokenizer_compat
 
 
-def load(params: EncodeParams) -> Encoders:
+class EncoderChoice(Protocol):
+    """Which encoders to load and how to run them: the fields of params.encode (EncodeParams,
+    tasks/encode/config.py) that loading reads, named here so the floor imports no step."""
+
+    vae: str
+    vae_subfolder: str | None
+    text_encoder: str
+    tokenizer: str | None
+    tokenizer_compat: Literal["open_clip", "hf"]
+    compile: bool
+    device: str
+    dtype: Literal["fp32", "bf16", "fp16"]
+
+
+def load(params: EncoderChoice) -> Encoders:
     from diffusers import AutoencoderKL
     from transformers import AutoTokenizer, CLIPTextModel
 

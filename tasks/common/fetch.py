@@ -1,7 +1,9 @@
 """Reading source files and images from http(s), s3 or local paths, with failure reasons.
 
 A failure reason is a short stable label (`http_404`, `timeout`, `connection_error`, ...) so that
-the download statistics can be summed across shards and compared across runs.
+the download statistics can be summed across shards and compared across runs. The download step
+fetches every source through it and the caption step reads its images back through it, so it sits
+below both.
 
 Large archives (SA-1B tars, JourneyDB tgz parts, the TextCaps image zip, DiffusionDB part zips)
 go through `Transfer.fetch_archive`: the body is written to `<name>.part` in a scratch folder and a
