@@ -47,11 +47,14 @@ services-status:
 	@$(PY) -m infra.services status
 
 # Both print their 15 slowest tests: what the CI time (under 30 min, issue 32) is spent on.
+# pytest-xdist workers, each with services of its own (tests/conftest.py): one per core; on the
+# 2-core machine a third only made every test slower (docs/benchmarks.md, "Test suite timings").
+TEST_WORKERS ?= 2
 test: setup  ## the whole test suite against real local services (started and stopped here)
-	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=15 tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 test-fast: setup  ## the suite without the slow end-to-end tests (tests/flows, the store outage)
-	$(PY) -m pytest -q --durations=15 -m "not slow" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 -m "not slow" tests
 
 demo: services-up  ## run the whole pipeline on the embedded demo profile
 	$(PY) -m tasks.models

@@ -167,11 +167,12 @@ def train_and_score(params: Params) -> dict[str, Any]:
 
 
 def measure(steps: int, mask: float = 0.0, prompts: int = 48,
-            size: CorpusSize = DEMO_SIZE, model: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One unmasked stage of `steps` 64-image batches on a fresh corpus, scored on `prompts`
-    COCO prompts at guidance 3; the result names the prefix, the training summary,
-    prompt-following and FID."""
-    corpus = build_corpus(size=size)
+            size: CorpusSize = DEMO_SIZE, model: dict[str, Any] | None = None,
+            key: str | None = None) -> dict[str, Any]:
+    """One unmasked stage of `steps` 64-image batches on the corpus under `key` (None: a fresh
+    one), scored on `prompts` COCO prompts at guidance 3; the result names the prefix, the
+    training summary, prompt-following and FID."""
+    corpus = build_corpus(key, size=size)
     params = chain_params(corpus, steps, mask, prompts, model)
     return {"prefix": corpus.storage.runs_prefix.rsplit("/", 1)[0],
             "latents_depict_captions": latents_depict_captions(params),

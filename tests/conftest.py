@@ -21,6 +21,7 @@ from infra import services, settings
 from infra.processes import port_in_use
 from infra.settings import REPO_ROOT
 from tests import user_world as user_world_lib
+from tests.corpus import demo_corpus, quick_params  # noqa: F401 (fixtures)
 
 # The suite keeps to a world of its own: its own state folder (buckets, runs, registry, flow
 # history, credentials) and its own ports, whatever the user has running. A user who ran
@@ -90,16 +91,20 @@ USER_WORLD_CHECK = "test_the_suite_leaves_the_users_world_as_it_was"
 
 
 # The longest files (CI's --durations), longest first: pytest-xdist hands tests out in this order,
-# so the long ones start at once on different workers instead of meeting at the end. The tests
-# that read the shared demo corpus (tests/flows/conftest.py) go to one worker as one group, which
-# builds the corpus once.
-LONGEST_FIRST = ("tests/flows/test_dvc.py", "tests/flows/test_budget.py",
-                 "tests/flows/test_secrets.py", "tests/test_demo_learns.py",
+# so the long ones start at once on different workers instead of meeting at the end.
+LONGEST_FIRST = ("tests/flows/test_dvc.py", "tests/test_demo_learns.py",
+                 "tests/flows/test_budget.py", "tests/flows/test_secrets.py",
                  "tests/flows/test_pipeline.py", "tests/flows/test_full_structure.py",
-                 "tests/flows/test_multinode.py", "tests/test_masking_ablation.py",
-                 "tests/flows/test_failures.py", "tests/infra/test_s3_outage.py",
-                 "tests/flows/test_watch.py", "tests/flows/test_params_travel.py",
-                 "tests/tasks/test_mlflow_batching.py", "tests/flows/test_fanout.py")
+                 "tests/flows/test_multinode.py", "tests/flows/test_watch.py",
+                 "tests/test_masking_ablation.py", "tests/flows/test_failures.py",
+                 "tests/infra/test_s3_outage.py", "tests/tasks/test_mlflow_batching.py",
+                 "tests/flows/test_params_travel.py", "tests/flows/test_fanout.py")
+# The files whose tests read the shared demo corpus (tests/corpus.py, built once per
+# session): one worker runs them all, so the corpus is built once per run, not once per worker.
+# (pytest-xdist's own `xdist_group` marks do not reach its scheduler under pytest 9: test ids
+# can no longer be renamed, so the grouping is done by the scheduler below.)
+CORPUS_FILES = ("tests/flows/test_dvc.py", "tests/test_demo_learns.py",
+                "tests/flows/test_budget.py", "tests/flows/test_secrets.py")
 CORPUS_GROUP = "demo-corpus"
 
 
@@ -108,9 +113,21 @@ def _rank(path: str) -> int:
                 len(LONGEST_FIRST))
 
 
-# tryfirst: the group marks must be on the items before pytest-xdist reads them (its own hook
-# appends "@group" to the test ids under --dist loadgroup).
-@pytest.hookimpl(tryfirst=True)
+def scope_of(nodeid: str) -> str:
+    """The unit pytest-xdist hands to one worker: the corpus group, else one test."""
+    return CORPUS_GROUP if nodeid.split("::", 1)[0] in CORPUS_FILES else nodeid
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class CorpusOnOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return scope_of(nodeid)
+
+    return CorpusOnOneWorker(config, log)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     paths = {}
     for item in items:
@@ -121,8 +138,10 @@ def pytest_collection_modifyitems(config, items) -> None:
             # A whole pipeline run (or several) per test: 40 minutes before a hang is called,
             # instead of the 15 that pyproject.toml gives a unit test.
             item.add_marker(pytest.mark.timeout(2400))
-        if {"demo_corpus", "quick_params"} & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group(CORPUS_GROUP))
+        reads_corpus = bool({"demo_corpus", "quick_params"} & set(item.fixturenames))
+        if reads_corpus and path not in CORPUS_FILES:
+            raise pytest.UsageError(f"{item.nodeid} reads the demo corpus: add {path} to "
+                                    "CORPUS_FILES in tests/conftest.py (one worker builds it)")
     checks = [item for item in items if item.name == USER_WORLD_CHECK]
     rest = [item for item in items if item.name != USER_WORLD_CHECK]
     items[:] = sorted(rest, key=lambda item: _rank(paths[item.nodeid])) + checks

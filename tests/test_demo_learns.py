@@ -1,6 +1,6 @@
-"""The demo chain learns: the demo-size corpus goes through download and encode, the demo's
-tiny MicroDiT trains on the latent shards with the pipeline's own loop, and the evaluate step's
-sampler draws COCO-val prompts; the classifier must find their colors far above chance. A
+"""The demo chain learns: the demo-size corpus goes through download and encode (the session's
+shared corpus), the demo's tiny MicroDiT trains on the latent shards with the pipeline's own
+loop, and the evaluate step's sampler draws COCO-val prompts; the classifier must find their colors far above chance. A
 change that breaks learning in encode, the loader, the loss, EMA or the sampler fails here.
 Slow (about 8 minutes on 2 cores): `make test` runs it, `make test-fast` does not.
 """
@@ -14,11 +14,13 @@ from tasks.encode.tiny import torch_threads
 STEPS = 1800  # three quarters of the demo's stage 2: what the suite can afford (~8 min)
 
 
-def test_the_demo_chain_follows_its_prompts(s3_service):
+def test_the_demo_chain_follows_its_prompts(demo_corpus):
     # Two threads, as `make demo` trains on this machine: the suite pins one elsewhere
     # (tests/model), and another thread count sums in another order and trains another model.
+    # The session's demo corpus (tests/corpus.py): its download and encode find every shard
+    # committed; the runs go under its prefix too.
     with torch_threads(2):
-        result = demo_learning.measure(STEPS)
+        result = demo_learning.measure(STEPS, key=demo_corpus.key)
     print(result)
     # Encode kept each image with its caption: decoded latents show the captioned scene.
     stored = result["latents_depict_captions"]

@@ -1,5 +1,7 @@
-"""End-to-end fixtures: one demo corpus per test run, built once and read by every test that
-starts from a downloaded, captioned and encoded corpus instead of building its own.
+"""End-to-end fixtures (registered by tests/conftest.py): one demo corpus per test session,
+built once and read by every test that starts from a downloaded, captioned and encoded corpus
+instead of building its own. Under pytest-xdist one worker runs all of them (CORPUS_FILES in
+tests/conftest.py), so a run builds it once.
 
 A test that only reads the corpus writes its params with `quick_params` (or lays
 `demo_corpus.storage` over its own overrides): its download, caption and encode steps then find
@@ -34,6 +36,11 @@ class Corpus:
     """Where this test run's demo corpus lives: storage overrides for a params file."""
 
     storage: dict[str, str]
+
+    @property
+    def key(self) -> str:
+        """The prefix raw/ and latents/ live under (benchmarks/demo_learning.py's `key`)."""
+        return self.storage["raw_prefix"].removesuffix("/raw")
 
 
 def write_params(path: Path, overrides: dict[str, Any], extends: Path = QUICK) -> Path:
