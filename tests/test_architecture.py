@@ -7,6 +7,8 @@ import ast
 from pathlib import Path
 
 from infra.settings import REPO_ROOT
+# The file a module name resolves to, as the DVC-deps import graph reads it.
+from tests.test_dvc_deps import module_file
 
 # model/ never reaches orchestration, storage, tracking or our own I/O layers.
 MODEL_FORBIDDEN = {"prefect", "boto3", "botocore", "mlflow", "dvc", "infra", "tasks", "flows"}
@@ -41,14 +43,6 @@ def offenders(folder: str, forbidden: set[str]) -> dict[str, list[str]]:
     found = {f.relative_to(REPO_ROOT).as_posix(): sorted(imported_roots(f) & forbidden)
              for f in files}
     return {name: bad for name, bad in found.items() if bad}
-
-
-def module_file(module: str, root: Path) -> Path | None:
-    base = root.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def imported_modules(path: Path, root: Path) -> set[str]:
