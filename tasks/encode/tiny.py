@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderDC, AutoencoderKL
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 TINY_TEXT_DIM = 64  # demo caption token width (the full recipe: 1024)
@@ -143,6 +143,30 @@ def save_tiny_vae(path: Path | str, seed: int = 0) -> Path:
         scaling_factor=0.13025,
     )
     vae.save_pretrained(path)
+    return Path(path)
+
+
+def tiny_dcae(channels: tuple[int, ...] = (8, 16, 16, 32), latent_channels: int = 16,
+              scaling_factor: float = 1.0) -> AutoencoderDC:
+    """A random-init AutoencoderDC: one block per width, each after the first downsampling by
+    2 (four blocks: 8x, twice the tiny VAE's 4x), ResBlocks then one EfficientViT block, as
+    the published f32c32 models mix them."""
+    blocks = len(channels)
+    types = ("ResBlock",) * (blocks - 1) + ("EfficientViTBlock",)
+    scales = ((),) * (blocks - 1) + ((5,),)
+    return AutoencoderDC(
+        in_channels=3, latent_channels=latent_channels, attention_head_dim=8,
+        encoder_block_types=types, decoder_block_types=types,
+        encoder_block_out_channels=channels, decoder_block_out_channels=channels,
+        encoder_layers_per_block=(1,) * blocks, decoder_layers_per_block=(1,) * blocks,
+        encoder_qkv_multiscales=scales, decoder_qkv_multiscales=scales,
+        scaling_factor=scaling_factor)
+
+
+def save_tiny_dcae(path: Path | str, seed: int = 0) -> Path:
+    """A 16-channel AutoencoderDC that downsamples by 8, random-init, for tests."""
+    torch.manual_seed(seed)
+    tiny_dcae(scaling_factor=0.5).save_pretrained(path)
     return Path(path)
 
 
