@@ -5,6 +5,7 @@ trip through tiny random-init models saved and loaded back with from_pretrained.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -103,3 +104,30 @@ def test_kl_shift_is_applied_on_encode_and_undone_on_decode(tmp_path: Path) -> N
         expected = loaded.decode(z).sample
     pixels = decode_pixels(loaded, space.to_model(z))
     assert torch.equal(pixels, ((expected.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
+
+
+def test_demo_dcae_recipe_trains_saves_and_is_what_the_demo_dcae_profile_builds(tmp_path):
+    from tasks.check import preflight
+    from tasks.encode.tiny import DCAERecipe, recipe_matches, train_demo_dcae
+    from tasks.models import builders
+    from tasks.params import load_params
+
+    # A few steps of the recipe: the folder, its recorded scale and cache key (not its quality).
+    recipe = DCAERecipe(images=8, held_out=4, steps=2, batch=2)
+    folder = train_demo_dcae(tmp_path / "tiny-dcae", recipe)
+    record = json.loads((folder / "recipe.json").read_text())
+    dc = AutoencoderDC.from_pretrained(folder)
+    assert dc.config.scaling_factor == record["scaling_factor"] > 0
+    assert latent_space({**dict(dc.config), "_class_name": "AutoencoderDC"}) == LatentSpace(
+        "AutoencoderDC", 64, 16, record["scaling_factor"], 0.0)
+    assert recipe_matches(folder, recipe) and not recipe_matches(folder, DCAERecipe())
+
+    params = load_params(profile="demo_dcae")
+    assert builders(params)[params.encode.vae] is train_demo_dcae
+    # The profile's chain (64 channels, 16x, 4x4 latents of 16 tokens) passes the preflight.
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "config.json").write_text(json.dumps({"hidden_size": 64}))
+    checked = preflight(dataclasses.replace(params, encode=dataclasses.replace(
+        params.encode, vae=str(folder), text_encoder=str(text))))
+    assert checked["unchecked"] == []
