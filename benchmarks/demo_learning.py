@@ -119,20 +119,23 @@ def chain_params(base: Params, steps: int, mask: float, prompts: int,
 
 
 def latents_depict_captions(params: Params, per_dataset: int = 60) -> dict[str, Any]:
-    """Decode stored training latents with the demo VAE and classify them against their own
+    """Decode stored training latents with the demo autoencoder and classify them against their own
     stored captions: does encode keep each image with its caption? The share of samples whose
     decoded scene matches the caption, per attribute, over the first `per_dataset` samples of
     each training dataset. (The VAE and classifier cap shape near 85-90 % on real scenes.)"""
     import numpy as np
     import torch
-    from diffusers import AutoencoderKL
-
     from demo.attributes import accuracy, classify, parse_prompt
+    from tasks.common.autoencoder import load_autoencoder
+    from tasks.common.encoders import read_vae_config, resolve
     from tasks.common.generation import decode
     from tasks.common.npy import npy_load
     from tasks.common.shards import iter_shard, read_manifest
 
-    vae = AutoencoderKL.from_pretrained(params.encode.vae).eval()
+    # The profile's autoencoder, KL or DC (demo_dcae), by the class its config names.
+    enc = params.encode
+    vae = load_autoencoder(resolve(enc.vae), read_vae_config(enc.vae, enc.vae_subfolder),
+                           torch.float32, enc.vae_subfolder).eval()
     field = f"lat{params.train.stages[0].resolution}.npy"
     pairs = []
     for dataset in params.train.datasets:

@@ -4,7 +4,8 @@
 
 Each step validates its own section when params.yaml loads; this checks that the sections agree
 with each other: the stage that evaluation scores and its resolution, latent channels and
-downscale against the VAE, caption width against the text tower, what training reads against
+downscale against the autoencoder (AutoencoderKL or AutoencoderDC), each stage's token grid
+against the patch and the mask, caption width against the text tower, what training reads against
 what is downloaded and encoded, the stage chain, and each stage's estimated peak memory against
 the configured GPU. Needs no GPU and no data; the encoder configs are read from their local
 folders or the Hugging Face cache, or from the published values below when neither is at hand.
@@ -21,17 +22,28 @@ from pathlib import Path
 from typing import Any
 
 from model.config import MicroDiTConfig
+from model.masking import kept_count
 from model.memory import parameter_count, peak_gib
+from model.moe import tokens_per_expert
+from tasks.common.autoencoder import latent_space
 from tasks.common.memory import describe, device_memory
 from tasks.params import Params
 from tasks.train.config import StageParams
 
-# Published configs of the full profile's encoders, for a preflight with no hub access:
-# madebyollin/sdxl-vae-fp16-fix config.json (latent_channels 4, four blocks: 8x downscale);
+# Published configs of the shipped profiles' hub encoders, for a preflight with no hub access
+# (the fields the preflight reads; docs/autoencoders.md says where each value was confirmed):
+# madebyollin/sdxl-vae-fp16-fix: AutoencoderKL, 4 latent channels, four blocks: 8x downscale;
+# mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers: AutoencoderDC, 32 latent channels, six encoder
+# blocks: 32x downscale, scaling factor 0.41407;
 # apple/DFN5B-CLIP-ViT-H-14-378 text tower width 1024 (open_clip ViT-H-14 text_cfg.width).
 KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
-    "madebyollin/sdxl-vae-fp16-fix": {"latent_channels": 4,
-                                      "block_out_channels": [128, 256, 512, 512]},
+    "madebyollin/sdxl-vae-fp16-fix": {"_class_name": "AutoencoderKL", "latent_channels": 4,
+                                      "block_out_channels": [128, 256, 512, 512],
+                                      "scaling_factor": 0.13025},
+    "mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers": {
+        "_class_name": "AutoencoderDC", "latent_channels": 32,
+        "encoder_block_out_channels": [128, 256, 512, 512, 1024, 1024],
+        "scaling_factor": 0.41407},
     "apple/DFN5B-CLIP-ViT-H-14-378": {"hidden_size": 1024},
 }
 
@@ -109,19 +121,52 @@ def check_encoders(params: Params) -> list[str]:
     cfg = model_config(params, tp.stages[0]) if tp.stages else None
     vae = read_config(enc.vae, enc.vae_subfolder)
     if cfg is not None and vae is not None:
-        if vae.get("latent_channels") != cfg.latent_channels:
-            problems.append(f"the VAE {enc.vae} has {vae.get('latent_channels')} latent channels,"
-                            f" the model {tp.model} {cfg.latent_channels}")
-        blocks = vae.get("block_out_channels")
-        if blocks and 2 ** (len(blocks) - 1) != tp.latent_downscale:
+        try:
+            space = latent_space(vae)
+        except (KeyError, ValueError) as err:
+            return [f"encode.vae {enc.vae}: {err}"]
+        if space.channels != cfg.latent_channels:
+            problems.append(f"the VAE {enc.vae} ({space.kind}) has {space.channels} latent "
+                            f"channels, the model {tp.model} {cfg.latent_channels} (set "
+                            f"train.model_overrides.latent_channels: {space.channels})")
+        if space.downscale != tp.latent_downscale:
             problems.append(f"train.latent_downscale is {tp.latent_downscale} but the VAE "
-                            f"{enc.vae} downsamples by {2 ** (len(blocks) - 1)}")
+                            f"{enc.vae} ({space.kind}) downsamples by {space.downscale}")
     text = read_config(enc.text_encoder)
     if cfg is not None and text is not None:
         width = text.get("hidden_size") or text.get("text_config", {}).get("hidden_size")
         if width is not None and width != cfg.caption_dim:
             problems.append(f"the text tower {enc.text_encoder} gives {width}-d tokens, the "
                             f"model's caption_dim is {cfg.caption_dim}")
+    return problems
+
+
+def check_tokens(params: Params) -> list[str]:
+    """Each stage's latent grid against the patch and the mask: the latent side a whole number
+    of patches, the kept share of tokens a whole number of tokens (int() would silently keep
+    fewer than mask_ratio says), and at least one token per expert."""
+    problems = []
+    tp = params.train
+    for stage in tp.stages:
+        try:
+            cfg = model_config(params, stage)
+        except ValueError as err:
+            side = stage.resolution // tp.latent_downscale
+            problems.append(f"stage {stage.name}: {stage.resolution} px / "
+                            f"{tp.latent_downscale} = {side} latent px: {err}")
+            continue
+        tokens = cfg.num_patches
+        kept = tokens * (1 - stage.mask_ratio)
+        if abs(kept - round(kept)) > 1e-6:
+            problems.append(f"stage {stage.name}: {tokens} tokens ({cfg.grid_size}x"
+                            f"{cfg.grid_size} patches) at mask_ratio {stage.mask_ratio:g} keep "
+                            f"{kept:g}, not a whole number of tokens")
+        kept_tokens = kept_count(tokens, stage.mask_ratio)
+        if cfg.moe_every and tokens_per_expert(kept_tokens, cfg.num_experts,
+                                               cfg.expert_capacity) < 1:
+            problems.append(f"stage {stage.name}: {kept_tokens} kept tokens give the "
+                            f"{cfg.num_experts} experts no token each (capacity "
+                            f"{cfg.expert_capacity:g})")
     return problems
 
 
@@ -212,6 +257,9 @@ def check_memory(params: Params, plans: list[StagePlan],
 
 def preflight(params: Params) -> dict[str, Any]:
     """Run every check; raise PreflightError listing the problems, else return the plan."""
+    tokens = check_tokens(params)
+    if tokens:  # a stage whose model cannot be built has no encoder or memory check to run
+        raise PreflightError(f"preflight of profile {params.profile}: " + "; ".join(tokens))
     plans = stage_plans(params) if params.train.stages else []
     problems = (check_evaluation(params) + check_encoders(params) + check_data(params)
                 + check_chain(params) + check_memory(params, plans))

@@ -21,7 +21,7 @@ from infra.config import ConfigError, to_dict
 from infra.settings import state_dir
 from tasks.common.errors import report
 from tasks.attempt import run_attempt
-from tasks.params import PROFILES, load_params
+from tasks.params import load_params
 
 STEPS = ("download", "caption", "encode", "train", "evaluate", "report")
 COMMANDS = ("check", "plan", *STEPS)
@@ -40,7 +40,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("step", choices=COMMANDS,
                     help="a step; check: the preflight; plan: the projected bill")
     ap.add_argument("--params", type=Path, default=None, help="params file (default params.yaml)")
-    ap.add_argument("--profile", choices=PROFILES, default=None, help="override params.yaml profile")
+    ap.add_argument("--profile", default=None,
+                    help="override params.yaml profile (demo, full or a variant in it)")
+    ap.add_argument("--compare", default=None, metavar="PROFILE",
+                    help="plan: also print this profile's stages beside --profile's")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     ap.add_argument("--out", type=Path, default=None, help="write the JSON summary here")
     ap.add_argument("--debug", action="store_true",
@@ -66,10 +69,18 @@ def check(params) -> int:
     return 0
 
 
-def plan_command(params) -> int:
-    from tasks.plan import plan, render
+def plan_command(params, compare: str | None, params_file: Path | None) -> int:
+    from tasks.plan import plan, render, render_compare
 
     print(render(params, plan(params)))
+    if compare:
+        try:
+            other = load_params(params_file, compare)
+        except ConfigError as err:
+            print(f"error in params: {err}", file=sys.stderr)
+            return 2
+        print()
+        print(render_compare(params, other))
     return 0
 
 
@@ -86,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "check":
         return check(params)
     if args.step == "plan":
-        return plan_command(params)
+        return plan_command(params, args.compare, args.params)
     if args.dry_run:
         print(yaml.safe_dump(resolved(params, args.step), sort_keys=False), end="")
         return 0

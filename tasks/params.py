@@ -1,8 +1,9 @@
 """params.yaml: one frozen dataclass per step, selected by the `profile` switch.
 
-params.yaml holds `profile: demo|full` and one block per profile; each block has one section per
-step. `load_params` validates every profile block (a typo in the unused profile is still an
-error) and returns the selected one. A driver (the CLI, DVC, the pipeline flow) loads it once;
+params.yaml holds `profile: NAME` and one block per profile (demo and full, and variants such as
+full_dcae that `extends` one and override some sections); each block has one section per step.
+`load_params` validates every profile block (a typo in an unused profile is still an error) and
+returns the selected one. A driver (the CLI, DVC, the pipeline flow) loads it once;
 every process of the run after that receives the resolved text and its hash (`dumps_resolved`,
 `loads_resolved`), never a path to read again on its own machine.
 """
@@ -26,7 +27,6 @@ from tasks.encode.config import EncodeParams
 from tasks.evaluate.config import EvaluateParams
 from tasks.train.config import TrainParams
 
-PROFILES = ("demo", "full")
 DEFAULT_PATH = REPO_ROOT / "params.yaml"
 
 
@@ -67,26 +67,44 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
 
+def profile_blocks(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every profile block of a params mapping, each with its `extends` resolved: a block that
+    says `extends: NAME` is that profile's block with its own sections laid over it (merge), so
+    a variant such as full_dcae states only what it changes."""
+    raw: dict[str, dict[str, Any]] = {}
+    for name, block in data.items():
+        if name == "profile":
+            continue
+        if block is not None and not isinstance(block, dict):
+            raise ConfigError(f"params.yaml: unknown top-level key {name!r}: every key but "
+                              "`profile` is a profile, a mapping of step sections")
+        raw[name] = block or {}
+
+    def resolved(name: str, seen: tuple[str, ...]) -> dict[str, Any]:
+        block = dict(raw[name])
+        base = block.pop("extends", None)
+        if base is None:
+            return block
+        if base not in raw:
+            raise ConfigError(f"{name}.extends: {base!r} is not a profile {sorted(raw)}")
+        if base in seen:
+            raise ConfigError(f"{name}.extends: profiles extend in a circle {[*seen, base]}")
+        return merge(resolved(base, (*seen, base)), block, name)
+
+    return {name: resolved(name, (name,)) for name in raw}
+
+
 def parse_params(data: Any, profile: str | None = None) -> Params:
     """Validate a params.yaml mapping and return the selected profile."""
     if not isinstance(data, dict):
         raise ConfigError("params.yaml: top level must be a mapping")
-    unknown = sorted(set(data) - {"profile", *PROFILES})
-    if unknown:
-        raise ConfigError(f"params.yaml: unknown top-level key(s) {unknown}; "
-                          f"allowed: ['profile', {', '.join(repr(p) for p in PROFILES)}]")
+    blocks = profile_blocks(data)
     selected = profile or os.environ.get("MB_PROFILE") or data.get("profile")
-    if selected not in PROFILES:
-        raise ConfigError(f"profile: {selected!r} is not one of {list(PROFILES)}")
-    built = {}
-    for name in PROFILES:
-        if name in data:
-            block = data[name]
-            if block is not None and not isinstance(block, dict):
-                raise ConfigError(f"{name}: expected a mapping of step sections")
-            built[name] = build(Params, {"profile": name, **(block or {})}, name)
-    if selected not in built:
-        raise ConfigError(f"params.yaml has no block for the selected profile {selected!r}")
+    if selected not in blocks:
+        raise ConfigError(f"profile: {selected!r} is not one of {sorted(blocks)}")
+    # Every block is validated, so a typo in a profile not run today is still an error.
+    built = {name: build(Params, {"profile": name, **block}, name)
+             for name, block in blocks.items()}
     return built[selected]
 
 

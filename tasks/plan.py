@@ -1,6 +1,6 @@
 """The bill before paying it: projected device-hours and dollars per step and per stage.
 
-    python -m tasks plan [--params F] [--profile demo|full]
+    python -m tasks plan [--params F] [--profile demo|full|VARIANT] [--compare PROFILE]
 
 Each line states where its figure comes from: a rate measured on the planned card by the GPU
 suite (the newest docs/gpu/*.json whose card names `cost.gpu_type`), else a given throughput
@@ -8,7 +8,9 @@ from `cost.throughput` (images, or captions, per second per device), else model 
 `cost.mfu` of the device's dense peak (`cost.peak_tflops`). The caption step is priced for each
 caption source side by side; the total holds the one `caption.source` names. Dataset sizes
 before the first download are the sources' published sizes (DATASET_IMAGES) times the
-configured fraction. The flow refuses to start a run
+configured fraction. `--compare` prints a second profile's training stages beside the first's
+(render_compare): for an autoencoder choice (full beside full_dcae), the latent, the tokens per
+image and the FLOPs they cost, with the rate each line assumes. The flow refuses to start a run
 whose plan exceeds `cost.budget_usd` unless told to go over it.
 """
 
@@ -324,6 +326,77 @@ def render_caption_sources(params: Params) -> list[str]:
                    f"{sum(p.device_hours for p in part):>10.4f} dev-hours "
                    f"{sum(p.cost_usd for p in part):>10.4f} USD")
     return out
+
+
+@dataclass(frozen=True)
+class StageTokens:
+    """What one training stage puts through the DiT per image, by the FLOP model's count."""
+
+    stage: str
+    resolution: int  # px
+    latent: tuple[int, int, int]  # (C, h, w) latent per image
+    tokens: int  # patches per image, T
+    kept: int  # tokens past the mask into the backbone
+    train_gflop: float  # forward + backward, per image
+
+
+def stage_tokens(params: Params) -> list[StageTokens]:
+    from model.masking import kept_count
+    from tasks.train.loop import model_config
+
+    out = []
+    for stage in params.train.stages:
+        cfg = model_config(params.train, stage)
+        kept = kept_count(cfg.num_patches, stage.mask_ratio) if stage.mask_ratio else \
+            cfg.num_patches
+        flops = 3 * forward_flops(cfg, stage.mask_ratio, CAPTION_TOKENS)
+        out.append(StageTokens(stage.name, stage.resolution,
+                               (cfg.latent_channels, cfg.input_size, cfg.input_size),
+                               cfg.num_patches, kept, flops / 1e9))
+    return out
+
+
+def render_compare(left: Params, right: Params) -> str:
+    """Two profiles' plans side by side, stage by stage: the latent each autoencoder gives, the
+    tokens and FLOPs per image, the device-hours and dollars, and the rate each line assumes
+    (where it comes from: measured, given in cost.throughput, or FLOPs at an MFU)."""
+    plans = {p.profile: {(line.step, line.item): line for line in plan(p)} for p in (left, right)}
+    tokens = {p.profile: {t.stage: t for t in stage_tokens(p)} for p in (left, right)}
+    a, b = left.profile, right.profile
+    out = [f"plan of {a} beside {b} (device-hours and USD at each profile's own price)",
+           f"  encode.vae: {a}: {left.encode.vae}; {b}: {right.encode.vae}",
+           f"{'stage':<8} {'profile':<10} {'latent':>9} {'tokens':>7} {'kept':>5} "
+           f"{'GFLOP/img':>10} {'rate/s':>8} {'dev-hours':>10} {'USD':>10}"]
+    stages = [s.name for s in left.train.stages]
+    stages += [s.name for s in right.train.stages if s.name not in stages]
+    for name in stages:
+        for profile in (a, b):
+            t, line = tokens[profile].get(name), plans[profile].get(("train", name))
+            if t is None or line is None:
+                out.append(f"{name:<8} {profile:<10} {'(no such stage)':>9}")
+                continue
+            latent = "x".join(str(v) for v in t.latent)
+            out.append(f"{name:<8} {profile:<10} {latent:>9} {t.tokens:>7} {t.kept:>5} "
+                       f"{t.train_gflop:>10.1f} {line.rate:>8.1f} {line.device_hours:>10.1f} "
+                       f"{line.cost_usd:>10,.0f}")
+    for label, steps in (("training", ("train",)), ("data preparation", ("caption", "encode")),
+                         ("evaluation", ("evaluate",)), ("total", ("train", "caption", "encode",
+                                                                   "evaluate"))):
+        cells = []
+        for profile in (a, b):
+            part = [line for line in plans[profile].values() if line.step in steps]
+            unpriced = sorted({p.step for p in part if p.work and not p.rate})
+            cells.append(f"{profile} {sum(p.device_hours for p in part):,.1f} dev-h "
+                         f"${sum(p.cost_usd for p in part):,.0f}"
+                         + (f" ({', '.join(unpriced)} not projected)" if unpriced else ""))
+        out.append(f"{label + ':':<18} " + "  |  ".join(cells))
+    out.append("rates assumed (per device):")
+    for profile in (a, b):
+        for (step, item), line in plans[profile].items():
+            if step in ("train", "encode") and (step == "train" or item == "cc3m"):
+                what = item if step == "train" else "encode (each dataset)"
+                out.append(f"  {profile} {what}: {line.basis}")
+    return "\n".join(out)
 
 
 def check_budget(params: Params, allow_over_budget: bool = False) -> dict[str, Any]:

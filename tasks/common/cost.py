@@ -21,8 +21,10 @@ class CostParams:
     budget_usd: float | None = None  # the flow refuses a run whose plan costs more; null: none
     # The plan (python -m tasks plan): measured throughput per device where there is one
     # (keys: caption, encode, or a stage name; captions or images per second), else model
-    # FLOPs at `mfu` of the device's dense peak.
-    throughput: dict[str, float] = field(default_factory=dict)
+    # FLOPs at `mfu` of the device's dense peak. A null entry is no rate: a variant profile
+    # sets one to drop a rate it inherits that does not hold for it (full_dcae: the SDXL-latent
+    # step rates).
+    throughput: dict[str, float | None] = field(default_factory=dict)
     mfu: float = 0.3  # model FLOP utilisation assumed where no throughput is measured
     peak_tflops: dict[str, float] = field(default_factory=lambda: {"H100": 989.0})
 
@@ -31,7 +33,8 @@ class CostParams:
             raise ValueError(f"cost.budget_usd must be > 0 or null, got {self.budget_usd}")
         if not 0 < self.mfu <= 1:
             raise ValueError(f"cost.mfu must be in (0, 1], got {self.mfu}")
-        bad = {k: v for k, v in {**self.throughput, **self.peak_tflops}.items() if v <= 0}
+        bad = {k: v for k, v in {**self.throughput, **self.peak_tflops}.items()
+               if v is not None and v <= 0}
         if bad:
             raise ValueError(f"cost.throughput and cost.peak_tflops must be > 0, got {bad}")
         if self.gpu_type not in self.usd_per_gpu_hour:

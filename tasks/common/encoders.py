@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from infra.settings import REPO_ROOT
+from tasks.common.autoencoder import LatentSpace, encode_raw, load_autoencoder, space_of
 from tasks.common.device import pick_device
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -38,7 +39,7 @@ class Encoders:
     tokenizer: Any
     device: torch.device
     dtype: torch.dtype
-    scaling_factor: float
+    space: LatentSpace  # the autoencoder's channels, downscale and scale/shift
     tokenizer_compat: str = "open_clip"  # EncodeParams.tokenizer_compat
 
 
@@ -56,15 +57,22 @@ class EncoderChoice(Protocol):
     dtype: Literal["fp32", "bf16", "fp16"]
 
 
+def read_vae_config(name: str, subfolder: str | None = None) -> dict[str, Any]:
+    """config.json of an autoencoder folder or hub id (from the local cache when offline)."""
+    from diffusers import AutoencoderKL  # any ModelMixin reads any model's config.json
+
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    return dict(AutoencoderKL.load_config(resolve(name), **kwargs))
+
+
 def load(params: EncoderChoice) -> Encoders:
-    from diffusers import AutoencoderKL
     from transformers import AutoTokenizer, CLIPTextModel
 
     device = pick_device(params.device)
     # Autocast-free path: weights in the compute dtype on GPU; fp32 on CPU (bf16 is slow there).
     dtype = DTYPES[params.dtype] if device.type == "cuda" else torch.float32
-    kwargs = {"subfolder": params.vae_subfolder} if params.vae_subfolder else {}
-    vae = AutoencoderKL.from_pretrained(resolve(params.vae), torch_dtype=dtype, **kwargs)
+    vae = load_autoencoder(resolve(params.vae), read_vae_config(params.vae, params.vae_subfolder),
+                           dtype, params.vae_subfolder)
     vae = vae.to(device).eval()
     if device.type == "cuda":
         vae = vae.to(memory_format=torch.channels_last)
@@ -74,20 +82,18 @@ def load(params: EncoderChoice) -> Encoders:
     tokenizer = AutoTokenizer.from_pretrained(resolve(params.tokenizer or params.text_encoder))
     return Encoders(vae=vae, text_model=text.to(device).eval(), tokenizer=tokenizer,
                     device=device, dtype=dtype,
-                    scaling_factor=float(vae.config.scaling_factor),
+                    space=space_of(vae),
                     tokenizer_compat=params.tokenizer_compat)
 
 
 @torch.no_grad()
 def encode_images(enc: Encoders, batch: torch.Tensor, generator: torch.Generator) -> np.ndarray:
-    """(B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/f, W/f) as fp16, one posterior sample."""
+    """(B, 3, H, W) in [-1, 1] -> scaled latents (B, C, H/f, W/f) as fp16 (autoencoder.py)."""
     x = batch.to(enc.device, enc.dtype)
     if enc.device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    posterior = enc.vae.encode(x).latent_dist
-    noise = torch.randn(posterior.mean.shape, generator=generator, dtype=torch.float32)
-    latents = posterior.mean.float() + posterior.std.float() * noise.to(enc.device)
-    return (latents * enc.scaling_factor).cpu().to(torch.float16).numpy()
+    latents = enc.space.to_model(encode_raw(enc.vae, x, generator))
+    return latents.cpu().to(torch.float16).numpy()
 
 
 def open_clip_clean(text: str) -> str:

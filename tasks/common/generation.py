@@ -25,6 +25,7 @@ from infra.settings import REPO_ROOT
 from model.edm import EDMPrecond
 from model.io import CONFIG_NAME, WEIGHTS_NAME, from_pretrained
 from tasks.common import encoders
+from tasks.common.autoencoder import decode_pixels, space_of
 from tasks.common.shards import file_digest
 from tasks.params import Params
 
@@ -81,7 +82,7 @@ def fetch_checkpoint(source: str, cache_dir: Path) -> Checkpoint:
 class Encoders:
     """The VAE that decodes latents and the text encoder the checkpoint was trained with."""
 
-    vae: Any  # diffusers AutoencoderKL
+    vae: Any  # diffusers AutoencoderKL or AutoencoderDC (tasks/common/autoencoder.py)
     encode_text: TextEncoder
     ids: dict[str, str]  # names recorded in the generation protocol
 
@@ -91,23 +92,19 @@ def load_ema_model(checkpoint: Checkpoint, device: torch.device) -> EDMPrecond:
     return EDMPrecond(from_pretrained(checkpoint.path, device=device).eval())
 
 
-def vae_downscale(vae: Any) -> int:
-    """Pixels per latent pixel of a diffusers AutoencoderKL (2 ** (number of blocks - 1))."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
 def check_compatible(precond: EDMPrecond, vae: Any, encode_text: TextEncoder,
                      resolution: int) -> None:
     """Fail early, with the fix in the message, when model, encoders and params disagree."""
-    cfg = precond.net.config
-    side = cfg.input_size * vae_downscale(vae)
+    cfg, space = precond.net.config, space_of(vae)
+    side = cfg.input_size * space.downscale
     if side != resolution:
         raise ValueError(f"evaluate.resolution={resolution} px but the checkpoint generates "
-                         f"{cfg.input_size} latent px x {vae_downscale(vae)} = {side} px: "
+                         f"{cfg.input_size} latent px x {space.downscale} = {side} px: "
                          f"set evaluate.resolution to {side}")
-    if vae.config.latent_channels != cfg.latent_channels:
-        raise ValueError(f"VAE has {vae.config.latent_channels} latent channels, the "
-                         f"checkpoint {cfg.latent_channels}")
+    if space.channels != cfg.latent_channels:
+        raise ValueError(f"the {space.kind} has {space.channels} latent channels, the "
+                         f"checkpoint {cfg.latent_channels}: not the autoencoder it was "
+                         "trained with")
     text_dim = encode_text([""]).shape[-1]
     if text_dim != cfg.caption_dim:
         raise ValueError(f"text encoder gives {text_dim}-d tokens, the checkpoint expects "
@@ -116,10 +113,8 @@ def check_compatible(precond: EDMPrecond, vae: Any, encode_text: TextEncoder,
 
 @torch.no_grad()
 def decode(vae: Any, latents: torch.Tensor) -> torch.Tensor:
-    """Scaled latents (B, C, h, w) -> uint8 images (B, 3, H, W) via the VAE."""
-    scaled = latents / vae.config.scaling_factor
-    pixels = vae.decode(scaled.to(vae.dtype)).sample.float()  # (B, 3, H, W) in [-1, 1]
-    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    """Scaled latents (B, C, h, w) -> uint8 images (B, 3, H, W) via the autoencoder."""
+    return decode_pixels(vae, latents).cpu()
 
 
 def load_encoders(params: Params, device: torch.device) -> Encoders:

@@ -18,7 +18,7 @@ import multiprocessing
 import zlib
 from collections import Counter, deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -28,7 +28,9 @@ from tqdm import tqdm
 
 from infra import s3
 from tasks.caption.keys import captions_apply, sidecar_uri
-from tasks.common.encoders import Encoders, encode_captions, encode_images, load
+from tasks.common.autoencoder import LatentSpace, latent_space
+from tasks.common.encoders import (Encoders, encode_captions, encode_images, load,
+                                   read_vae_config)
 from tasks.common.images import center_crop_resize, decode_image, to_tensor
 from tasks.common.keys import digest, model_fingerprint, without
 from tasks.common.npy import npy_bytes
@@ -102,6 +104,16 @@ def latent_shard_name(params: Params, dataset: str, raw: ShardRecord,
                   "plan": plan_key(resolution_plan(params, dataset)),
                   "raw": raw.sha256, "captions": caption_version}, length=12)
     return f"{raw.name}-{key}"
+
+
+def latent_fields(params: Params, space: LatentSpace | None = None) -> dict[str, Any]:
+    """What the stored latents are, for the shard records and the manifest: the autoencoder,
+    its class, channels, downscale and the scale/shift applied; the loader checks them against
+    the model before training on them."""
+    enc = params.encode
+    space = space or latent_space(read_vae_config(enc.vae, enc.vae_subfolder))
+    name = f"{enc.vae}/{enc.vae_subfolder}" if enc.vae_subfolder else enc.vae
+    return {"autoencoder": name, **asdict(space)}
 
 
 def raw_records(params: Params, dataset: str) -> dict[str, ShardRecord]:
@@ -253,7 +265,8 @@ def encode_shard(enc: Encoders, params: Params, dataset: str, raw: ShardRecord,
         out.close()
         commit_shard(out.path, latent_prefix(params, dataset), name, out.samples,
                      meta={"source": uri, "skipped": dict(stats.skipped), "captions": caption_version,
-                           "resolutions": list(plan), "plan": plan_key(plan)})
+                           "resolutions": list(plan), "plan": plan_key(plan),
+                           "latent": latent_fields(params, enc.space)})
         out.path.unlink(missing_ok=True)
     return stats
 
@@ -289,7 +302,8 @@ def finish(params: Params, dataset: str, units: list[dict[str, Any]]) -> dict[st
     manifest = write_manifest(dataset, latent_prefix(params, dataset),
                               stats={"skipped": dict(skipped),
                                      "resolutions": list(resolution_plan(params, dataset)),
-                                     "plan": plan_key(resolution_plan(params, dataset))},
+                                     "plan": plan_key(resolution_plan(params, dataset)),
+                                     "latent": latent_fields(params)},
                               names=expected_names(params, dataset))
     return {"dataset": dataset, "manifest": versioned_uri(manifest),
             "shards_sha256": {s.name: s.sha256 for s in manifest.shards},

@@ -5,8 +5,9 @@ byte-level CLIP BPE, so any caption tokenizes offline, with merges that make eac
 demo captions one token (`demo_words`), as a BPE trained on them would: a random-init tower
 reading one byte per token hides which word it saw, and the demo model then cannot learn
 shape and position from the text in a CPU-sized run.
-The demo VAE is the one model here that is trained (`train_demo_vae`): on images drawn like the
-demo mirror's, on CPU in a minute or two, and cached by a hash of its recipe.
+The demo autoencoders are the models here that are trained (`train_demo_vae`, an AutoencoderKL,
+and `train_demo_dcae`, an AutoencoderDC for the demo_dcae profile): on images drawn like the demo
+mirror's, on CPU in a minute or two, and cached by a hash of their recipe.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderDC, AutoencoderKL
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 TINY_TEXT_DIM = 64  # demo caption token width (the full recipe: 1024)
@@ -146,6 +147,30 @@ def save_tiny_vae(path: Path | str, seed: int = 0) -> Path:
     return Path(path)
 
 
+def tiny_dcae(channels: tuple[int, ...] = (8, 16, 16, 32), latent_channels: int = 16,
+              scaling_factor: float = 1.0) -> AutoencoderDC:
+    """A random-init AutoencoderDC: one block per width, each after the first downsampling by
+    2 (four blocks: 8x, twice the tiny VAE's 4x), ResBlocks then one EfficientViT block, as
+    the published f32c32 models mix them."""
+    blocks = len(channels)
+    types = ("ResBlock",) * (blocks - 1) + ("EfficientViTBlock",)
+    scales = ((),) * (blocks - 1) + ((5,),)
+    return AutoencoderDC(
+        in_channels=3, latent_channels=latent_channels, attention_head_dim=8,
+        encoder_block_types=types, decoder_block_types=types,
+        encoder_block_out_channels=channels, decoder_block_out_channels=channels,
+        encoder_layers_per_block=(1,) * blocks, decoder_layers_per_block=(1,) * blocks,
+        encoder_qkv_multiscales=scales, decoder_qkv_multiscales=scales,
+        scaling_factor=scaling_factor)
+
+
+def save_tiny_dcae(path: Path | str, seed: int = 0) -> Path:
+    """A 16-channel AutoencoderDC that downsamples by 8, random-init, for tests."""
+    torch.manual_seed(seed)
+    tiny_dcae(scaling_factor=0.5).save_pretrained(path)
+    return Path(path)
+
+
 RECIPE_FILE = "recipe.json"  # next to config.json: the recipe, its hash and the held-out PSNR
 
 
@@ -198,7 +223,7 @@ def psnr(vae: AutoencoderKL, images: torch.Tensor, seed: int = 0) -> float:
     return 10 * math.log10(1 / mse)
 
 
-def recipe_matches(path: Path | str, recipe: VAERecipe = VAERecipe()) -> bool:
+def recipe_matches(path: Path | str, recipe: VAERecipe | DCAERecipe = VAERecipe()) -> bool:
     record = Path(path) / RECIPE_FILE
     return record.is_file() and json.loads(record.read_text()).get("key") == recipe.key()
 
@@ -260,4 +285,78 @@ def _train_demo_vae(path: Path, recipe: VAERecipe) -> Path:
     (path / RECIPE_FILE).write_text(json.dumps(
         {"key": recipe.key(), "recipe": asdict(recipe), "held_out_psnr_db": round(quality, 2),
          "scaling_factor": vae.config.scaling_factor}, indent=2))
+    return path
+
+
+@dataclass(frozen=True)
+class DCAERecipe:
+    """How the demo DC-AE is trained: the demo VAE's images, crops, steps and optimiser, at 16x
+    (four times the demo VAE's 4x, as DC-AE f32 is four times SDXL's 8x) with 64 channels, so
+    each latent value stands for 12 pixel values as in the demo VAE (4 x 4 x 3 / 4). At patch
+    size 1 a 64 px image is 4 x 4 = 16 tokens, a quarter of the demo's 8 x 8 patches of 2.
+    Every field is in the cache hash."""
+
+    seed: int = 0
+    images: int = 1024
+    held_out: int = 64
+    resolution: int = 64  # px
+    crop: int = 32  # px: a multiple of the downscale (2 x 2 latent cells)
+    steps: int = 1800
+    batch: int = 32
+    lr: float = 2e-3  # Adam, cosine to 10 %
+    # Five blocks: downsample by 16. The last is as wide as the latent: the encoder's output
+    # shortcut averages groups of last-block channels down to the latent's (autoencoder_dc.py).
+    channels: tuple[int, ...] = (8, 16, 32, 32, 64)
+    latent_channels: int = 64
+    threads: int = 2
+
+    def key(self) -> str:
+        from infra.mirror.corpus import VERSION
+
+        text = json.dumps({**asdict(self), "kind": "AutoencoderDC", "corpus": VERSION},
+                          sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def dcae_psnr(dcae: AutoencoderDC, images: torch.Tensor) -> float:
+    """Reconstruction PSNR in dB (peak 2: the [-1, 1] range); DC-AE latents are deterministic."""
+    with torch.no_grad():
+        decoded = dcae.decode(dcae.encode(images).latent).sample.clamp(-1, 1)
+    return 10 * math.log10(1 / float(((decoded - images) / 2).pow(2).mean()))
+
+
+def train_demo_dcae(path: Path | str, recipe: DCAERecipe = DCAERecipe()) -> Path:
+    """Train the demo AutoencoderDC as the demo VAE is trained (train_demo_vae), with a plain
+    per-pixel MSE (a DC-AE has no posterior, so no KL term), and save it with its recipe and
+    held-out PSNR; the scaling factor is 1 / std of the training latents."""
+    with torch_threads(recipe.threads):
+        path = Path(path)
+        torch.manual_seed(recipe.seed)
+        train = demo_images(recipe.images, recipe.seed, recipe.resolution)
+        held_out = demo_images(recipe.held_out, recipe.seed + 1, recipe.resolution)
+        dcae = tiny_dcae(recipe.channels, recipe.latent_channels)
+        opt = torch.optim.Adam(dcae.parameters(), lr=recipe.lr)
+        gen = torch.Generator().manual_seed(recipe.seed)
+        for step in range(recipe.steps):
+            for group in opt.param_groups:
+                group["lr"] = recipe.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step
+                                                                      / recipe.steps)))
+            x = train[torch.randint(0, len(train), (recipe.batch,), generator=gen)]
+            top, left = torch.randint(0, recipe.resolution - recipe.crop + 1, (2,),
+                                      generator=gen).tolist()
+            x = x[:, :, top:top + recipe.crop, left:left + recipe.crop]  # (B, 3, crop, crop)
+            loss = (dcae.decode(dcae.encode(x).latent).sample - x).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        dcae.eval()
+        with torch.no_grad():
+            std = float(torch.cat([dcae.encode(train[i:i + 256]).latent
+                                   for i in range(0, len(train), 256)]).std())
+        dcae.register_to_config(scaling_factor=round(1.0 / std, 5))
+        dcae.save_pretrained(path)
+        (path / RECIPE_FILE).write_text(json.dumps(
+            {"key": recipe.key(), "recipe": asdict(recipe),
+             "held_out_psnr_db": round(dcae_psnr(dcae, held_out), 2),
+             "scaling_factor": dcae.config.scaling_factor}, indent=2))
     return path

@@ -20,6 +20,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from model.config import MicroDiTConfig
 from model.edm import EDMPrecond, karras_sigmas
 from model.microdit import MicroDiT
+from tasks.common.autoencoder import decode_pixels
 from tasks.common.encoders import tokenize_captions
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x float64, sigma) -> D(x)
@@ -92,7 +93,8 @@ class EDMHeunScheduler(SchedulerMixin, ConfigMixin):
 
 
 class MicroDiTPipeline(DiffusionPipeline):
-    """Text to image with MicroDiT: open_clip-compatible tokens, CFG Heun sampling, VAE decode."""
+    """Text to image with MicroDiT: open_clip-compatible tokens, CFG Heun sampling, autoencoder
+    decode (the AutoencoderKL or AutoencoderDC it was trained with)."""
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
 
@@ -141,7 +143,7 @@ class MicroDiTPipeline(DiffusionPipeline):
         """Images for prompt(s). Steps and guidance default to the evaluated ones in the
         config. The starting noise is `latents` if given, else drawn on the CPU from
         `generator`, as model/edm.py sample_noise does. output_type: pil, np or latent
-        (scaled VAE latents, what edm_heun_sampler returns)."""
+        (scaled autoencoder latents, what edm_heun_sampler returns)."""
         num_inference_steps = num_inference_steps or self.config.num_inference_steps
         if guidance_scale is None:
             guidance_scale = self.config.guidance_scale
@@ -161,9 +163,7 @@ class MicroDiTPipeline(DiffusionPipeline):
         if output_type == "latent":
             images: Any = x
         else:
-            scaled = x / self.vae.config.scaling_factor
-            pixels = self.vae.decode(scaled.to(self.vae.dtype)).sample.float()  # [-1, 1]
-            array = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            array = decode_pixels(self.vae, x)  # AutoencoderKL or AutoencoderDC, its scale/shift
             images = array.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
             if output_type == "pil":
                 images = self.numpy_to_pil(images.astype(np.float32) / 255.0)

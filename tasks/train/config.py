@@ -44,7 +44,9 @@ class TrainParams:
     run_name: str = "demo"  # checkpoints under s3://BUCKET/runs/<run_name>/<stage>/
     model: str = "demo"  # model.config preset: XL_2, Tiny_2, demo, tiny
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. caption_dim
-    latent_downscale: int = 8  # px per latent cell of the VAE (SDXL: 8)
+    # px per latent cell of encode.vae (SDXL VAE: 8, DC-AE f32: 32); the preflight checks it
+    # against the autoencoder's config, and the model's latent_channels with it.
+    latent_downscale: int = 8
     datasets: tuple[str, ...] = ("cc3m", "sa1b", "textcaps", "journeydb", "diffusiondb")
     dataset_weights: dict[str, float] = field(default_factory=dict)  # empty: by size
     global_batch: int = 2048  # images per optimizer step, all ranks
@@ -107,9 +109,10 @@ class TrainParams:
             if self.global_batch % (micro * world):
                 raise ValueError(f"train.global_batch {self.global_batch} must be a multiple of "
                                  f"micro_batch x GPUs = {micro} x {world} (stage {stage.name})")
-            if stage.resolution % (self.latent_downscale * 2):
+            # The patch size is the model's: the preflight checks latent side against it.
+            if stage.resolution % self.latent_downscale:
                 raise ValueError(f"stage {stage.name}: resolution {stage.resolution} must be a "
-                                 f"multiple of {self.latent_downscale * 2} (downscale x patch)")
+                                 f"multiple of train.latent_downscale {self.latent_downscale}")
 
     @property
     def world(self) -> int:

@@ -38,7 +38,7 @@ from model.io import load_weights
 from model.microdit import build_model
 from model.optim import param_groups
 from tasks.common import device as common_device
-from tasks.common.shards import read_manifest
+from tasks.common.shards import Manifest, read_manifest
 from tasks.params import Params
 from tasks.train import checkpoint, keys, parallel
 from tasks.train.config import StageParams, TrainParams
@@ -163,6 +163,24 @@ def pick_device(train: TrainParams, d: Dist) -> torch.device:
     return torch.device("cuda", d.local_rank)
 
 
+def check_latents(manifests: dict[str, Manifest], train: TrainParams,
+                  cfg: MicroDiTConfig) -> None:
+    """Refuse latents of another autoencoder than the model is built for, in one line, before
+    the first batch fails on a shape deep inside the model. Manifests from before the encode
+    step recorded its latent fields (tasks/encode/run.py latent_fields) are read unchecked."""
+    for name, manifest in manifests.items():
+        latent = manifest.stats.get("latent")
+        if latent is None:
+            continue
+        if (latent["channels"], latent["downscale"]) != (cfg.latent_channels,
+                                                         train.latent_downscale):
+            raise ValueError(
+                f"{name} latents are {latent['channels']} channels at {latent['downscale']}x "
+                f"({latent['autoencoder']}), the model takes {cfg.latent_channels} at "
+                f"{train.latent_downscale}x (train.model_overrides.latent_channels, "
+                "train.latent_downscale): encode again with encode.vae or fix train")
+
+
 def open_loader(params: Params, stage: StageParams, micro_batch: int, d: Dist) -> LatentLoader:
     names = params.train.stage_datasets(stage)
     manifests = {}
@@ -173,6 +191,7 @@ def open_loader(params: Params, stage: StageParams, micro_batch: int, d: Dist) -
     if not manifests:
         raise FileNotFoundError(f"no latent manifests with samples for {list(names)}: "
                                 "run the encode step first")
+    check_latents(manifests, params.train, model_config(params.train, stage))
     return LatentLoader(manifests, LoaderConfig(
         batch_size=micro_batch, resolution=stage.resolution,
         seed=params.train.stage_seed(stage), min_short_side=stage.min_short_side,

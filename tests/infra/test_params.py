@@ -79,3 +79,22 @@ def test_cli_dry_run_prints_resolved_config_and_rejects_bad_params(tmp_path):
                           str(path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "demo.storage.bucket: expected a string" in run.stderr
+
+
+def test_a_profile_extends_another_and_overrides_sections():
+    full, dcae = load_params(profile="full"), load_params(profile="full_dcae")
+    assert dcae.profile == "full_dcae"
+    assert dcae.encode.vae == "mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers"
+    assert dcae.train.latent_downscale == 32 and dcae.train.model == full.train.model
+    assert dcae.train.stages == full.train.stages and dcae.download == full.download
+    # A null rate drops the inherited one; the others stay.
+    assert dcae.cost.throughput == {"stage1": None, "stage2": None, "encode": None,
+                                    "caption": 10.3}
+    data = _repo_params()
+    data["broken"] = {"extends": "fulll"}
+    with pytest.raises(ConfigError, match=r"broken.extends: 'fulll' is not a profile"):
+        parse_params(data)
+    data["broken"] = {"extends": "loop"}
+    data["loop"] = {"extends": "broken"}
+    with pytest.raises(ConfigError, match="profiles extend in a circle"):
+        parse_params(data)

@@ -87,12 +87,12 @@ def test_encode_writes_latents_that_decode_like_a_fresh_encode(s3_prefix, tiny_m
     fresh_image = to_tensor(center_crop_resize(decode_image(_jpeg(idx)), 32))[None]
     # The posterior mean is deterministic; compare decodes of stored vs fresh mean latents.
     with torch.no_grad():
-        mean = enc.vae.encode(fresh_image).latent_dist.mean * enc.scaling_factor
-        std = enc.vae.encode(fresh_image).latent_dist.std * enc.scaling_factor
+        mean = enc.vae.encode(fresh_image).latent_dist.mean * enc.space.scale
+        std = enc.vae.encode(fresh_image).latent_dist.std * enc.space.scale
         assert torch.all((stored - mean).abs() <= 6 * std + 1e-2)
-        dec_stored = enc.vae.decode(stored / enc.scaling_factor).sample
-        dec_full = enc.vae.decode(mean / enc.scaling_factor).sample
-        dec_fp16 = enc.vae.decode(mean.half().float() / enc.scaling_factor).sample
+        dec_stored = enc.vae.decode(stored / enc.space.scale).sample
+        dec_full = enc.vae.decode(mean / enc.space.scale).sample
+        dec_fp16 = enc.vae.decode(mean.half().float() / enc.space.scale).sample
     assert dec_stored.shape == (1, 3, 32, 32)
     # Storing latents in fp16 changes the decode by no more than fp16 rounding does.
     assert torch.allclose(dec_fp16, dec_full, atol=1e-2)

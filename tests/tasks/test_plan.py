@@ -12,7 +12,7 @@ from model.config import preset
 from model.flops import forward_flops
 from tasks.cli import main
 from tasks.plan import (DATASET_IMAGES, OverBudget, by_step, caption_lines, check_budget,
-                        gpu_measured, plan, render, totals)
+                        gpu_measured, plan, render, stage_tokens, totals)
 from tasks.params import load_params
 
 
@@ -159,3 +159,39 @@ def test_the_plan_on_demand_and_on_spot_with_the_checkpoint_intervals_lost_work(
     assert f"on-demand at ${cost.rate_of('H100'):g}/device-hour: {s['on_demand_usd']:,.4f} USD" \
         in out
     assert f"spot at ${s['spot_rate']:g}/device-hour" in out and "preemptions expected" in out
+
+
+def test_token_arithmetic_of_both_autoencoders():
+    """SDXL VAE (4 ch, 8x) at patch 2 against DC-AE f32c32 (32 ch, 32x) at patch 1: a quarter
+    of the tokens at every stage (256 px: 32x32/2^2 = 256 against 8x8 = 64; 512 px: 1,024
+    against 256), the 75 % mask keeping a quarter of those."""
+    full, dcae = load_params(profile="full"), load_params(profile="full_dcae")
+    assert [(t.latent, t.tokens, t.kept) for t in stage_tokens(full)] == [
+        ((4, 32, 32), 256, 64), ((4, 32, 32), 256, 256), ((4, 64, 64), 1024, 256),
+        ((4, 64, 64), 1024, 1024)]
+    assert [(t.latent, t.tokens, t.kept) for t in stage_tokens(dcae)] == [
+        ((32, 8, 8), 64, 16), ((32, 8, 8), 64, 64), ((32, 16, 16), 256, 64),
+        ((32, 16, 16), 256, 256)]
+    # DC-AE at 512 px is SDXL's token count at 256 px: the same FLOPs but for the patch
+    # embedding and final layer (32 values per token instead of 4 x 2 x 2 = 16).
+    assert stage_tokens(dcae)[2].train_gflop == pytest.approx(stage_tokens(full)[0].train_gflop,
+                                                              rel=1e-3)
+    # full_dcae drops full's SDXL-latent step rates: every stage from FLOPs at full's MFU.
+    lines = _lines(dcae)
+    stage1 = lines[("train", "stage1")]
+    assert stage1.rate == pytest.approx(989e12 * 0.316 / (stage_tokens(dcae)[0].train_gflop * 1e9))
+    assert stage1.basis.startswith("model FLOPs") and "MFU 0.316" in stage1.basis
+    assert lines[("encode", "cc3m")].rate == 0  # no DC-AE encode rate: not projected
+    train_hours = sum(p.device_hours for p in plan(dcae) if p.step == "train")
+    assert train_hours == pytest.approx(88.4, abs=0.1)
+
+
+def test_plan_prints_both_profiles_side_by_side(capsys):
+    assert main(["plan", "--profile", "full", "--compare", "full_dcae"]) == 0
+    out = capsys.readouterr().out
+    assert "plan of full beside full_dcae" in out
+    assert "stage1   full         4x32x32     256    64" in out
+    assert "stage1   full_dcae     32x8x8      64    16" in out
+    assert "full stage1: given 1107/s per device (cost.throughput.stage1)" in out
+    assert "full_dcae stage1: model FLOPs" in out
+    assert "full_dcae 27.0 dev-h $101 (encode not projected)" in out

@@ -16,14 +16,14 @@ from tasks.cli import main
 from tasks.params import load_params
 
 
-@pytest.mark.parametrize("profile", ["demo", "full"])
+@pytest.mark.parametrize("profile", ["demo", "full", "full_dcae"])
 def test_shipped_profiles_pass(profile, tmp_path):
     params = load_params(profile=profile)
     if profile == "demo":
         params = _with_encoders(params, tmp_path)
     result = preflight(params)
     assert [s["name"] for s in result["stages"]] == [s.name for s in params.train.stages]
-    if profile == "full":
+    if profile != "demo":
         assert result["evaluated_stage"] == "stage4"
         assert all(s["peak_gib"] <= params.train.gpu_memory_gib for s in result["stages"])
 
@@ -91,6 +91,41 @@ def test_latent_channels_and_downscale_must_match_the_vae(tmp_path):
     _fails(_with_encoders(demo, tmp_path, channels=16), "16 latent channels, the model tiny 4")
     _fails(_with_encoders(demo, tmp_path, blocks=(32, 64, 64, 64)),
            "latent_downscale is 4 but the VAE .* downsamples by 8")
+
+
+def _dcae(params, tmp_path, blocks=(128, 256, 512, 512, 1024, 1024), channels=32):
+    """params reading an AutoencoderDC folder that holds only its config.json."""
+    vae = tmp_path / "dcae"
+    vae.mkdir(exist_ok=True)
+    (vae / "config.json").write_text(json.dumps({
+        "_class_name": "AutoencoderDC", "latent_channels": channels,
+        "encoder_block_out_channels": list(blocks), "scaling_factor": 0.41407}))
+    return dataclasses.replace(params, encode=dataclasses.replace(params.encode, vae=str(vae)))
+
+
+def test_dcae_channels_and_downscale_must_match_the_model(tmp_path):
+    dcae = load_params(profile="full_dcae")
+    preflight(_dcae(dcae, tmp_path))
+    _fails(_dcae(dcae, tmp_path, channels=128),
+           r"\(AutoencoderDC\) has 128 latent channels, the model XL_2 32 \(set "
+           r"train.model_overrides.latent_channels: 128\)")
+    _fails(_dcae(dcae, tmp_path, blocks=(128, 256, 512, 512, 1024, 1024, 1024)),
+           r"latent_downscale is 32 but the VAE .* \(AutoencoderDC\) downsamples by 64")
+    # The full profile's 4-channel model on DC-AE latents.
+    _fails(_dcae(load_params(profile="full"), tmp_path), "has 32 latent channels, the model XL_2 4")
+
+
+def test_token_grid_must_divide_by_the_patch_and_the_mask():
+    dcae = load_params(profile="full_dcae")
+    # 288 px / 32 = 9 latent px: a whole grid at patch 1, but 81 tokens x 0.25 is not whole.
+    nine = _stage(_stage(dcae, 0, resolution=288), 1, resolution=288)
+    _fails(nine, r"stage stage1: 81 tokens \(9x9 patches\) at mask_ratio 0.75 keep 20.25, not "
+                 "a whole number of tokens")
+    # At patch size 2 the 9x9 latent is not a whole number of patches.
+    patch2 = dataclasses.replace(nine, train=dataclasses.replace(
+        nine.train, model_overrides={"latent_channels": 32, "patch_size": 2}))
+    _fails(patch2, r"stage stage1: 288 px / 32 = 9 latent px: input_size 9 is not a multiple "
+                   "of patch_size 2")
 
 
 def test_caption_width_must_match_the_text_tower(tmp_path):
