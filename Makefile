@@ -50,11 +50,13 @@ services-status:
 # pytest-xdist workers, each with services of its own (tests/conftest.py): one per core; on the
 # 2-core machine a third only made every test slower (docs/benchmarks.md, "Test suite timings").
 TEST_WORKERS ?= 2
+# OMP_WAIT_POLICY=PASSIVE: idle torch threads sleep instead of spinning, which the workers'
+# oversubscribed cores need (tests/conftest.py says why; docs/benchmarks.md measures it).
 test: setup  ## the whole test suite against real local services (started and stopped here)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 test-fast: setup  ## the suite without the slow end-to-end tests (tests/flows, the store outage)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 -m "not slow" tests
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 -m "not slow" tests
 
 demo: services-up  ## run the whole pipeline on the embedded demo profile
 	$(PY) -m tasks.models
