@@ -90,3 +90,18 @@ def test_demo_seeds_only_last_trains_the_last_stage_alone_from_scratch():
     (stage,) = seed_params(base, 0, last_steps=50, only_last=True).train.stages
     assert stage.name == base.train.stages[-1].name and stage.loads == "none"
     assert stage.steps == 50 and stage.mask_ratio == base.train.stages[-1].mask_ratio
+
+
+def test_omp_wait_sets_the_policy_only_where_asked(monkeypatch):
+    from benchmarks.omp_wait import policy_environ
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert "OMP_WAIT_POLICY" not in policy_environ("default")
+    assert policy_environ("PASSIVE")["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_the_suite_runs_with_sleeping_openmp_threads():
+    # tests/conftest.py sets it before torch loads: every process of the suite inherits it.
+    import os
+
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
