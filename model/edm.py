@@ -17,10 +17,15 @@ from model.ema import unwrap
 from model.microdit import DiTOutput, MicroDiT
 
 
+# The std of the scaled latents the network is preconditioned for (EDM's sigma_data): declared
+# once here; the loss, the preconditioning and the exported diffusers transformer read it.
+SIGMA_DATA = 0.9
+
+
 class EDMPrecond(nn.Module):
     """D(x; sigma) = c_skip x + c_out F(c_in x; c_noise), with c_noise = ln(sigma) / 4."""
 
-    def __init__(self, net: MicroDiT | nn.Module, sigma_data: float = 0.9) -> None:
+    def __init__(self, net: MicroDiT | nn.Module, sigma_data: float = SIGMA_DATA) -> None:
         """net: a MicroDiT, possibly compiled or DDP-wrapped."""
         super().__init__()
         if sigma_data <= 0:
@@ -57,7 +62,7 @@ class EDMLoss:
 
     p_mean: float = -0.6  # mean of ln(sigma): -0.6 at 256 px, 0.0 at 512 px
     p_std: float = 1.2  # std of ln(sigma): 1.2 at 256 px, 0.6 at 512 px
-    sigma_data: float = 0.9  # std of the scaled latents
+    sigma_data: float = SIGMA_DATA  # std of the scaled latents
     caption_drop_prob: float = 0.1  # probability of an all-zero caption (CFG training)
 
     def __post_init__(self) -> None:

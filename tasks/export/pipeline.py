@@ -18,7 +18,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from model.config import MicroDiTConfig
-from model.edm import EDMPrecond, karras_sigmas
+from model.edm import SIGMA_DATA, EDMPrecond, karras_sigmas
 from model.microdit import MicroDiT
 from tasks.common.autoencoder import decode_pixels
 from tasks.common.encoders import tokenize_captions
@@ -30,7 +30,7 @@ class MicroDiTTransformer(ModelMixin, ConfigMixin):
     """MicroDiT behind EDM preconditioning: forward(x, sigma, text) is the denoiser D."""
 
     @register_to_config
-    def __init__(self, microdit: dict[str, Any] | None = None, sigma_data: float = 0.9) -> None:
+    def __init__(self, microdit: dict[str, Any] | None = None, sigma_data: float = SIGMA_DATA) -> None:
         """microdit: the MicroDiTConfig fields (model/config.py); sigma_data: EDM's."""
         super().__init__()
         self.precond = EDMPrecond(MicroDiT(MicroDiTConfig(**(microdit or {}))), sigma_data)
@@ -40,7 +40,7 @@ class MicroDiTTransformer(ModelMixin, ConfigMixin):
         return self.precond.net
 
     @classmethod
-    def from_microdit(cls, net: MicroDiT, sigma_data: float = 0.9) -> MicroDiTTransformer:
+    def from_microdit(cls, net: MicroDiT, sigma_data: float = SIGMA_DATA) -> MicroDiTTransformer:
         out = cls(microdit=asdict(net.config), sigma_data=sigma_data)
         out.net.load_state_dict(net.state_dict(), strict=True)
         return out

@@ -121,9 +121,11 @@ class TrainParams:
     def micro_batch_of(self, stage: StageParams) -> int:
         return stage.micro_batch or self.micro_batch
 
-    def accumulation(self, stage: StageParams) -> int:
-        """Micro-batches per optimizer step on each rank: the global batch stays the same."""
-        return self.global_batch // (self.micro_batch_of(stage) * self.world)
+    def accumulation(self, stage: StageParams, world: int | None = None) -> int:
+        """Micro-batches per optimizer step on each rank: the global batch stays the same.
+        `world`: the ranks actually running (a stage may resume on another count), else the
+        configured nodes x GPUs."""
+        return self.global_batch // (self.micro_batch_of(stage) * (world or self.world))
 
     def stage_datasets(self, stage: StageParams) -> tuple[str, ...]:
         return stage.datasets or self.datasets

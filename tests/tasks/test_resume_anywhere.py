@@ -201,3 +201,25 @@ def test_training_resumes_on_another_rank_count_at_the_same_sample(s3_prefix, tm
     # The first epoch is every sample of the shards once, nothing lost across the resume.
     stored = _shard_keys(manifest)
     assert sorted(order[:len(stored)]) == sorted(stored) and len(set(stored)) == len(stored)
+
+
+def test_accumulation_follows_the_ranks_that_run_the_stage():
+    # One function for the micro-batches per optimizer step: the loop passes the ranks actually
+    # running, so a stage written on 1 rank and resumed on 2 keeps its global batch.
+    params = load_params(profile="demo")
+    tp = dataclasses.replace(params.train, global_batch=32, micro_batch=8)
+    stage = tp.stages[0]
+    assert tp.accumulation(stage) == 32 // (8 * tp.world)
+    assert tp.accumulation(stage, 2) == 2 and tp.accumulation(stage, 4) == 1
+
+
+def test_sigma_data_is_declared_once():
+    from model.edm import SIGMA_DATA, EDMLoss, EDMPrecond
+    from tasks.export.pipeline import MicroDiTTransformer
+
+    assert EDMLoss().sigma_data == SIGMA_DATA
+    assert EDMPrecond(torch.nn.Identity()).sigma_data == SIGMA_DATA
+    from model.config import preset
+
+    tiny = dataclasses.asdict(preset("tiny"))
+    assert MicroDiTTransformer(microdit=tiny).precond.sigma_data == SIGMA_DATA
