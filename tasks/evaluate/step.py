@@ -92,9 +92,10 @@ def run(params: Params, driver: Driver) -> dict[str, Any]:
         return {"skipped": "evaluate.enabled is false"}
 
     def score(scored: Params, checkpoint_uri: str) -> dict[str, Any]:
-        name = scored.evaluate.stage or scored.train.stages[-1].name
-        grid = params.storage.out_path(f"plots/samples/{name}.png") if driver.dvc_outputs \
-            else None
+        grid = None
+        if driver.dvc_outputs:
+            name = scored.evaluate.stage or scored.train.stages[-1].name
+            grid = params.storage.out_path(f"plots/samples/{name}.png")
         result = driver.task(evaluate_checkpoint, scored, checkpoint_uri, None, grid)
         driver.publish(f"evaluate-{result['checkpoint_digest']}", result_markdown(result),
                        "COCO-2014 val FID / CLIP score")
