@@ -43,8 +43,8 @@ class OnPrefect:
     def publish(self, key: str, markdown: str, description: str) -> None:
         create_markdown_artifact(key=key, markdown=markdown, description=description)
 
-    def log(self, text: str) -> None:
-        get_run_logger().info("%s", text)
+    def warn(self, text: str) -> None:
+        get_run_logger().warning("%s", text)
 
     def share_units(self, step: str, params: Params, dataset: str,
                     units: list[Any]) -> list[dict[str, Any]]:

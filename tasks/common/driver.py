@@ -36,8 +36,8 @@ class Driver(Protocol):
     def publish(self, key: str, markdown: str, description: str) -> None:
         """Show a markdown summary where this driver's user looks for it."""
 
-    def log(self, text: str) -> None:
-        """One line for the step's log."""
+    def warn(self, text: str) -> None:
+        """One line the step's user should notice in its log (a preemption survived)."""
 
     def share_units(self, step: str, params: Params, dataset: str,
                     units: list[Any]) -> list[Chunk]:
@@ -65,7 +65,7 @@ class Local:
         # stdout is the step's JSON summary (DVC's out file is a copy of it): reports go to stderr.
         print(markdown, file=sys.stderr)
 
-    def log(self, text: str) -> None:
+    def warn(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
     def share_units(self, step: str, params: Params, dataset: str,

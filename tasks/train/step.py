@@ -279,7 +279,7 @@ def write_loss_plots(params: Params, stages: dict[str, dict[str, Any]]) -> None:
 
 
 def train_one(params: Params, stage: str, driver: Driver) -> dict[str, Any]:
-    """One stage, on train.nodes machines; each preemption it survived goes to the log.
+    """One stage, on train.nodes machines; each preemption it survived is a warning.
     The losses are kept for DVC's plots only: a full stage holds hundreds of thousands."""
     if params.train.nodes > 1:
         result = driver.train_on_nodes(params, stage)
@@ -287,7 +287,7 @@ def train_one(params: Params, stage: str, driver: Driver) -> dict[str, Any]:
         result = driver.task(train_stage, params, stage, driver.parent_run_id,
                              driver.dvc_outputs)
     for i, record in enumerate(result["preemptions"], 1):
-        driver.log(f"train-{stage}: preempted at step {record['step']}, resumed from step "
+        driver.warn(f"train-{stage}: preempted at step {record['step']}, resumed from step "
                    f"{record['resumes_from_step']} ({i} of {len(result['preemptions'])} "
                    "preemptions)")
     return result
