@@ -110,6 +110,13 @@ def test_the_pipeline_starts_each_step_on_its_table_pool(monkeypatch, name: str)
     assert step(name).pool in POOLS
 
 
+def test_the_local_services_serve_every_table_pool() -> None:
+    """infra/ imports no task, so its work pools are checked here against the table's."""
+    from infra.services import WORK_POOLS
+
+    assert set(POOLS) <= set(WORK_POOLS)
+
+
 def test_the_ledger_prices_by_the_table() -> None:
     cost = load_params(profile="full").cost
     rows = ledger([envelope(name, {"gpus": 2}, 3600.0) for name in PRICED], cost)
