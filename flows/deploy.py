@@ -1,5 +1,6 @@
-"""Register the deployments: `micro-budget/full`, and per pool `micro-budget-step/{cpu,gpu}` and
-`micro-budget-units/{cpu,gpu}` (the chunks of caption/encode units that a step shares out).
+"""Register the deployments: `micro-budget/full`, and per pool of the step table (tasks/steps.py:
+cpu, gpu) `micro-budget-step/<pool>` and `micro-budget-units/<pool>` (the chunks of
+caption/encode units that a step shares out).
 
 Usage: python -m flows.deploy   (the Prefect server and work pools must be up: make services-up)
 At scale, point PREFECT_API_URL at the shared server and run GPU workers with `--pool gpu`.
@@ -16,6 +17,8 @@ os.environ.setdefault("PREFECT_API_URL", prefect_api_url())
 
 from prefect import flow  # noqa: E402
 
+from tasks.steps import POOLS  # noqa: E402
+
 
 def deploy_pool(pool: str) -> list[str]:
     """The step, units and node flows on one work pool, each deployment named after it."""
@@ -29,7 +32,7 @@ def deploy_pool(pool: str) -> list[str]:
 def deploy() -> list[str]:
     ids = [str(flow.from_source(str(REPO_ROOT), "flows/pipeline.py:pipeline").deploy(
         name="full", work_pool_name="cpu", print_next_steps=False))]
-    for pool in ("cpu", "gpu"):
+    for pool in POOLS:
         ids += deploy_pool(pool)
     return ids
 

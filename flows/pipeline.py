@@ -24,10 +24,11 @@ from infra import s3
 from tasks.check import preflight, render
 from tasks.plan import OverBudget, check_budget, plan
 from tasks.plan import render as render_plan
+from flows.steps import OnPrefect
 from tasks.params import Params, dumps_resolved, load_params
-from tasks.report.ledger import GPU_STEPS, STEPS
-from tasks.report.step import report_pipeline
 from tasks.report.tracking import fail_pipeline_run, start_pipeline_run, supersede_stale_runs
+from tasks.steps import PRICED
+from tasks.steps import step as table_entry
 
 STEP_FLOW = "micro-budget-step"
 LEASE_S = 60.0  # s: the shortest lease the Prefect server grants on a concurrency slot
@@ -49,9 +50,8 @@ def run_step_on_pool(step: str, envelope_uri: str, params: Params,
     The step gets the approved params as text with its hash, not a path: a worker on another
     machine, or one whose checkout was pulled since, trains what the preflight and the budget
     check approved here."""
-    pool = "gpu" if step in GPU_STEPS else "cpu"
     text, sha256 = dumps_resolved(params)
-    child = run_deployment(f"{STEP_FLOW}/{pool}", timeout=0,
+    child = run_deployment(f"{STEP_FLOW}/{table_entry(step).pool}", timeout=0,
                            parameters={"step": step, "envelope_uri": envelope_uri,
                                        "params_yaml": text, "params_sha256": sha256,
                                        "parent_run_id": parent_run_id})
@@ -166,10 +166,10 @@ def pipeline(profile: str | None = None, params_path: str | None = None,
     # Disagreeing sections fail here, before any data moves or any GPU is paid for.
     logger.info("%s", render(preflight(params), params.train.gpu_memory_gib))
     logger.info("%s", render_plan(params, plan(params)))
-    chosen = steps or list(STEPS)
-    unknown = sorted(set(chosen) - set(STEPS))
+    chosen = steps or list(PRICED)
+    unknown = sorted(set(chosen) - set(PRICED))
     if unknown:
-        raise ValueError(f"unknown steps {unknown}; steps: {list(STEPS)}")
+        raise ValueError(f"unknown steps {unknown}; steps: {list(PRICED)}")
     with one_at_a_time(params):
         return run_steps(params, chosen, allow_over_budget)
 
@@ -183,7 +183,7 @@ def run_steps(params: Params, chosen: list[str],
     envelopes, current = [], "budget"
     try:
         check_budget(params, allow_over_budget)
-        for step in (s for s in STEPS if s in chosen):
+        for step in (s for s in PRICED if s in chosen):
             current = step
             announce("started", step, f"step {step} starting ({chosen.index(step) + 1} of "
                                       f"{len(chosen)})")
@@ -197,6 +197,7 @@ def run_steps(params: Params, chosen: list[str],
         if state is None:
             raise
         return state
-    result = report_pipeline(params, envelopes, parent, previous)
-    print(result["markdown"])
-    return {k: v for k, v in result.items() if k != "markdown"}
+    # The report's body, as `python -m tasks report` runs it, on this run's envelopes.
+    return table_entry("report").load()(params, OnPrefect(parent_run_id=parent,
+                                                         finished=tuple(envelopes),
+                                                         superseded=tuple(previous)))

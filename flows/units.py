@@ -10,8 +10,6 @@ where the step reads them back once every chunk has ended.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 import uuid
 from typing import Any
@@ -22,20 +20,11 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run
 
 from infra import s3
+from tasks.common.fanout import run_chunk
 from tasks.params import Params, dumps_resolved, loads_resolved
+from tasks.steps import step as table_entry
 
 UNITS_FLOW = "micro-budget-units"
-
-
-def run_chunk(step: str, params: Params, dataset: str, indices: list[int],
-              units: list[Any]) -> dict[str, Any]:
-    """One chunk on this machine's devices, with where it ran."""
-    from tasks.common.fanout import device_count, run_on_devices
-
-    records = run_on_devices(f"tasks.{step}.step", params, dataset, units, indices)
-    return {"worker": os.environ.get("PREFECT__WORKER_NAME"), "host": socket.gethostname(),
-            "pid": os.getpid(), "flow_run": flow_run.get_id(),
-            "devices": min(device_count(), len(units)), "records": records}
 
 
 @flow(name=UNITS_FLOW, flow_run_name="{step}-{dataset}-{chunk}", retries=1,
@@ -47,7 +36,7 @@ def run_units(step: str, dataset: str, chunk: int, indices: list[int], units: li
     `params_yaml` and `params_sha256` are the step's params (tasks.params.dumps_resolved), so
     the chunk runs what the pipeline approved, whatever params.yaml the worker's checkout holds."""
     params = loads_resolved(params_yaml, params_sha256)
-    s3.put_json(result_uri, run_chunk(step, params, dataset, indices, units))
+    s3.put_json(result_uri, run_chunk(table_entry(step).module, params, dataset, indices, units))
     return result_uri
 
 
@@ -83,8 +72,7 @@ def wait_for(run_ids: list[Any], poll_s: float = 2.0) -> dict[Any, Any]:
 def share_units(step: str, params: Params, dataset: str, units: list[Any]) -> list[dict[str, Any]]:
     """Run a dataset's units over the pool's online workers and their devices.
 
-    Returns one chunk summary per worker share ({worker, host, pid, flow_run, devices, records}),
-    chunk 0 first. Chunk c takes units c, c+k, c+2k, ... of k chunks; a failed chunk fails the
+    Returns one chunk summary per worker share (tasks.common.fanout.run_chunk), chunk 0 first. Chunk c takes units c, c+k, c+2k, ... of k chunks; a failed chunk fails the
     step after every chunk has ended, naming the chunk's flow run and its error."""
     pool, workers = pool_and_workers()
     chunks = min(workers, len(units)) or 1
@@ -102,7 +90,8 @@ def share_units(step: str, params: Params, dataset: str, units: list[Any]) -> li
             remote.append((c, run.id, uri))
     errors, out = [], []
     try:
-        out.append(run_chunk(step, params, dataset, shares[0], [units[i] for i in shares[0]]))
+        out.append(run_chunk(table_entry(step).module, params, dataset, shares[0],
+                             [units[i] for i in shares[0]]))
     except Exception as err:  # the other chunks are still waited for, then all errors raised
         errors.append(f"chunk 0 (this flow run): {err}")
     states = wait_for([run_id for _, run_id, _ in remote])
@@ -116,15 +105,3 @@ def share_units(step: str, params: Params, dataset: str, units: list[Any]) -> li
         raise RuntimeError(f"{step} {dataset}: {'; '.join(errors)}; a rerun redoes only "
                            "uncommitted units")
     return out
-
-
-def placement(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Where each chunk of units ran: worker, host, flow run, devices and unit indices."""
-    return [{"worker": c["worker"], "host": c["host"], "flow_run": c["flow_run"],
-             "devices": c["devices"], "units": [r["index"] for r in c["records"]]}
-            for c in chunks]
-
-
-def unit_results(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r["result"] for r in sorted((r for c in chunks for r in c["records"]),
-                                        key=lambda r: r["index"])]

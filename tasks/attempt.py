@@ -1,7 +1,7 @@
 """One run of a step as one priced attempt: the bracket that both drivers put around a step's body
 (tasks/cli.py for the CLI and DVC, flows/steps.py `run_step` for Prefect).
 
-A data step (download, caption, encode, evaluate) records each attempt (tasks/common/attempts.py)
+A data step (`attempts` in the step table, tasks/steps.py) records each attempt (tasks/common/attempts.py)
 under a prefix keyed by what makes the step's outputs (its step module's `attempts_key(params)`:
 the same params and inputs their names hash), so every attempt at the same outputs lands in one
 listing:
@@ -28,23 +28,23 @@ from infra import s3
 from tasks.common import attempts
 from tasks.params import Params
 from tasks.report.ledger import envelope
-
-DATA_STEPS = ("download", "caption", "encode", "evaluate")
+from tasks.steps import step as table_entry
 
 
 def attempt_prefix(params: Params, step: str) -> str | None:
     """Where the attempts at this step's outputs are recorded (None: the step records none)."""
-    if step not in DATA_STEPS:
+    entry = table_entry(step)
+    if not entry.attempts:
         return None
     # By name, as tasks/cli.py imports a step: no stage depends on another step's code.
-    root, key = importlib.import_module(f"tasks.{step}.step").attempts_key(params)
+    root, key = importlib.import_module(entry.module).attempts_key(params)
     return s3.join(params.storage.uri(root), "_attempts", f"{step}-{key}")
 
 
 def planned_devices(step: str) -> int:
     """Devices an attempt holds until its result says how many ran a unit: a failed or killed
     caption or encode is priced on this worker's devices."""
-    if step in ("caption", "encode"):
+    if table_entry(step).units:
         from tasks.common.fanout import device_count
 
         return device_count()

@@ -19,20 +19,16 @@ import yaml
 
 from infra.config import ConfigError, to_dict
 from infra.settings import state_dir
-from tasks.common.errors import report
 from tasks.attempt import run_attempt
+from tasks.common.driver import Local
+from tasks.common.errors import report
 from tasks.params import load_params
+from tasks.steps import NAMES, step
 
-STEPS = ("download", "caption", "encode", "train", "evaluate", "report")
-COMMANDS = ("check", "plan", *STEPS)
+COMMANDS = ("check", "plan", *NAMES)
 # Commands outside the pipeline, each with its own parser: `python -m tasks import|sample ...`.
 # Imported by name like the steps; no stage runs them, so no stage depends on their files.
 TOOLS = {"import": "importer", "sample": "sample"}
-# Sections whose values each step reads, shown by --dry-run next to storage and cost.
-SECTIONS = {"download": ["download"], "caption": ["caption"], "encode": ["encode"],
-            "train": ["train"], "evaluate": ["evaluate"], "report": [],
-            "check": ["download", "caption", "encode", "train", "evaluate"],
-            "plan": ["download", "caption", "encode", "train", "evaluate"]}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,10 +47,12 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def resolved(params, step: str) -> dict:
+def resolved(params, name: str) -> dict:
+    """What --dry-run prints: the profile, storage and cost, and the sections the step reads
+    (the table's, tasks/steps.py)."""
     full = to_dict(params)
-    keep = ["profile", "storage", "cost", *SECTIONS[step]]
-    return {k: full[k] for k in keep}
+    return {k: full[k] for k in dict.fromkeys(("profile", "storage", "cost",
+                                               *step(name).sections))}
 
 
 def check(params) -> int:
@@ -101,14 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(yaml.safe_dump(resolved(params, args.step), sort_keys=False), end="")
         return 0
-    module = importlib.import_module(f"tasks.{args.step}.step")
+    entry = step(args.step)
+    # The body the flow calls too (tasks/steps.py), imported only now: a stage runs, and
+    # depends on, its own step's code alone.
+    body = entry.load()
     try:
-        if args.step == "report":
-            summary = module.run(params)
-        else:
+        if entry.priced:
             # The envelope carries the wall time that the report prices and where the
             # step's attempts are recorded.
-            summary = run_attempt(params, args.step, lambda: module.run(params))
+            summary = run_attempt(params, args.step, lambda: body(params, Local()))
+        else:
+            summary = body(params, Local())
     except Exception as err:  # noqa: BLE001 - report() re-raises anything not operational
         log = state_dir() / "logs" / f"tasks-{args.step}-error.log"
         return report(err, args.debug, log)

@@ -379,12 +379,13 @@ def render_compare(left: Params, right: Params) -> str:
             out.append(f"{name:<8} {profile:<10} {latent:>9} {t.tokens:>7} {t.kept:>5} "
                        f"{t.train_gflop:>10.1f} {line.rate:>8.1f} {line.device_hours:>10.1f} "
                        f"{line.cost_usd:>10,.0f}")
+    # None: every line of the plan.
     for label, steps in (("training", ("train",)), ("data preparation", ("caption", "encode")),
-                         ("evaluation", ("evaluate",)), ("total", ("train", "caption", "encode",
-                                                                   "evaluate"))):
+                         ("evaluation", ("evaluate",)), ("total", None)):
         cells = []
         for profile in (a, b):
-            part = [line for line in plans[profile].values() if line.step in steps]
+            part = [line for line in plans[profile].values()
+                    if steps is None or line.step in steps]
             unpriced = sorted({p.step for p in part if p.work and not p.rate})
             cells.append(f"{profile} {sum(p.device_hours for p in part):,.1f} dev-h "
                          f"${sum(p.cost_usd for p in part):,.0f}"

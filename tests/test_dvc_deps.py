@@ -1,7 +1,12 @@
-"""dvc.yaml's code dependencies cover every project module that each stage's command imports.
+"""dvc.yaml holds the step table's stages, and their code dependencies cover every project module
+that each stage's command imports.
+
+dvc.yaml cannot import Python, so its stages are checked against the step table (tasks/steps.py):
+one stage per step in table order, each running `python -m tasks <step>` and depending on the
+table's params sections under both profiles.
 
 A stage `python -m tasks <step>` runs tasks/__main__.py, which imports tasks/cli.py, which imports
-tasks/<step>/step.py by name. From those entry modules the project's import graph (flows/, tasks/,
+the step's body module (the table's `body`) by name. From those entry modules the project's import graph (flows/, tasks/,
 model/, infra/, demo/) is followed transitively: `import a.b`, `from a import b` (b a submodule or a
 name), relative imports, imports inside functions, the packages' __init__.py files that Python
 runs on the way, and modules started as subprocesses (`-m tasks.train.launch`, a string constant
@@ -17,12 +22,13 @@ import ast
 import re
 import shlex
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import yaml
 
 from infra.settings import REPO_ROOT
+from tasks.steps import NAMES, STEPS
 
 PROJECT_ROOTS = ("flows", "tasks", "model", "infra", "demo")
 # (module, function) whose body no stage command executes, so its imports are not followed. Only
@@ -35,6 +41,8 @@ NOT_RUN_BY_STAGES = {
 # The command under which main() may call each exempt function of tasks.cli.
 EXEMPT_COMMANDS = {"check": "check", "plan_command": "plan"}
 MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+# The module each step's command imports by name: the table's body module.
+BODY_MODULES = {s.name: s.module for s in STEPS}
 
 
 def module_file(module: str, root: Path = REPO_ROOT) -> Path | None:
@@ -114,13 +122,15 @@ def import_closure(entries: Iterable[str], root: Path = REPO_ROOT) -> dict[str, 
     return parent
 
 
-def entry_modules(cmd: str) -> list[str]:
-    """The modules a stage command runs: `python -m tasks <step>` -> tasks.__main__ + the step."""
+def entry_modules(cmd: str, bodies: Mapping[str, str] = BODY_MODULES) -> list[str]:
+    """The modules a stage command runs: `python -m tasks <step>` -> tasks.__main__ + the
+    step's body module."""
     argv = shlex.split(cmd)
     assert argv[:3] == ["python", "-m", "tasks"] and len(argv) > 3, (
         f"unexpected stage command {cmd!r}: teach tests/test_dvc_deps.py its entry modules")
-    # tasks/cli.py imports f"tasks.{step}.step" with importlib, which no import statement shows.
-    return ["tasks.__main__", f"tasks.{argv[3]}.step"]
+    # tasks/cli.py imports the body with importlib, which no import statement shows; the table
+    # names it as "module:function", which the graph does not follow (a stage runs one body).
+    return ["tasks.__main__", bodies[argv[3]]]
 
 
 def relative(module: str, root: Path = REPO_ROOT) -> str:
@@ -135,10 +145,11 @@ def covered(file: str, deps: Iterable[str]) -> bool:
                (d.rstrip("/") for d in deps))
 
 
-def missing_deps(cmd: str, deps: Iterable[str], root: Path = REPO_ROOT) -> dict[str, str]:
+def missing_deps(cmd: str, deps: Iterable[str], root: Path = REPO_ROOT,
+                 bodies: Mapping[str, str] = BODY_MODULES) -> dict[str, str]:
     """Imported project files that `deps` do not cover, each with the chain that imports it."""
     deps = [str(d) for d in deps]
-    parent = import_closure(entry_modules(cmd), root)
+    parent = import_closure(entry_modules(cmd, bodies), root)
     missing = {}
     for module in sorted(parent):
         file = relative(module, root)
@@ -161,6 +172,33 @@ def describe(stage: str, missing: dict[str, str]) -> str:
     lines = [f"dvc.yaml stage {stage!r}: deps miss {len(missing)} imported project file(s):"]
     lines += [f"  {file}  ({chain})" for file, chain in missing.items()]
     return "\n".join(lines)
+
+
+def _profiles() -> dict:
+    data = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    return {name: block or {} for name, block in data.items() if name != "profile"}
+
+
+def base_profiles() -> list[str]:
+    """The profiles that state every section: DVC tracks each of their sections."""
+    return [name for name, block in _profiles().items() if "extends" not in block]
+
+
+def variant_profiles() -> list[str]:
+    """Profiles that extend another and state only what they change: tracked as one block."""
+    return [name for name, block in _profiles().items() if "extends" in block]
+
+
+def test_the_stages_are_the_step_table() -> None:
+    """Stage names and order, commands and params deps as the table declares them."""
+    assert list(stages()) == list(NAMES)
+    for entry in STEPS:
+        stage = stages()[entry.name]
+        assert stage["cmd"] == f"python -m tasks {entry.name} --out out/{entry.name}.json"
+        assert stage["params"] == ["profile", *(f"{profile}.{section}"
+                                                for section in entry.sections
+                                                for profile in base_profiles()),
+                                   *variant_profiles()], entry.name
 
 
 def test_every_stage_depends_on_the_code_it_imports() -> None:
@@ -233,10 +271,12 @@ def test_the_import_graph_follows_every_import_form(tmp_path: Path) -> None:
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
+    bodies = {"demo": "tasks.demo.step"}
     closure = {relative(m, tmp_path) for m in
-               import_closure(entry_modules("python -m tasks demo --out x"), tmp_path)}
+               import_closure(entry_modules("python -m tasks demo --out x", bodies), tmp_path)}
     assert closure == set(files) - {"tasks/unused.py", "tasks/check.py"}
-    missing = missing_deps("python -m tasks demo", ["tasks", "infra/settings.py"], tmp_path)
+    missing = missing_deps("python -m tasks demo", ["tasks", "infra/settings.py"], tmp_path,
+                           bodies)
     assert set(missing) == {"infra/__init__.py", "model/__init__.py", "model/layers.py",
                             "model/net.py"}
     assert missing["model/layers.py"] == "imported via tasks.demo.step -> model -> model.layers"

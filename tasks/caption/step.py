@@ -1,20 +1,20 @@
-"""Caption step entry points: `run` for the CLI and DVC; the unit protocol of the fan-out.
+"""Caption step: the body `run(params, driver)` that the CLI/DVC and the flow both call, and
+the unit protocol of the fan-out.
 
-A dataset's raw shards run one process per device (tasks/common/fanout.py): device i of a worker
-takes every i-th shard and loads the captioner once, on first use. In the flow, several gpu
-workers share the shards first (flows/units.py); `finish_caption` publishes the summary.
+A dataset's raw shards are shared over the driver's machines (the flow: the pool's online
+workers, flows/units.py; the CLI: this one), then one process per device
+(tasks/common/fanout.py): device i takes every i-th shard and loads the captioner once, on first
+use.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 
 from tasks.caption import run as caption_run
-from tasks.common.fanout import run_on_devices
+from tasks.common.driver import Driver, most_devices, unit_results, units_summary
 from tasks.params import Params
 
 
@@ -35,22 +35,6 @@ def plan_caption(params: Params, dataset: str) -> list[str]:
     return caption_run.plan(params, dataset)
 
 
-@task(task_run_name="finish-caption-{dataset}")
-def finish_caption(params: Params, dataset: str, shards: list[dict[str, Any]]) -> dict[str, Any]:
-    summary = caption_run.summarize(dataset, shards)
-    create_markdown_artifact(key=f"caption-{dataset}", markdown=caption_run.summary_markdown(summary),
-                             description=f"Caption summary of {dataset}")
-    return summary
-
-
-def caption_on_devices(params: Params, dataset: str) -> dict[str, Any]:
-    """The whole dataset on this machine's devices."""
-    records = run_on_devices(__name__, params, dataset, caption_run.plan(params, dataset))
-    # The devices that ran a unit: what the ledger prices (tasks/common/cost.py).
-    return {**caption_run.summarize(dataset, [r["result"] for r in records]),
-            "devices": len({r["device"] for r in records}) or 1}
-
-
 def attempts_key(params: Params) -> tuple[str, str]:
     """Where this step's attempts are recorded (tasks/attempt.py): under the raw prefix, keyed
     by the caption key and the raw shards of each dataset it captions."""
@@ -66,13 +50,21 @@ def attempts_key(params: Params) -> tuple[str, str]:
                                               "raw": raw})
 
 
-def run(params: Params) -> dict[str, Any]:
-    """The whole step in this process and its device children; skipped with a reason when
-    disabled."""
+def run(params: Params, driver: Driver) -> dict[str, Any]:
+    """Every dataset the section names: captioned, or recorded as skipped with the reason.
+    SA-1B samples left without captions are counted and skipped by encode."""
     if not params.caption.enabled:
-        return {"skipped": "caption.enabled is false"}
-    summaries = {d: caption_on_devices(params, d) for d in params.caption.datasets
-                 if d in params.download.enabled()}
-    for summary in summaries.values():
-        print(caption_run.summary_markdown(summary), file=sys.stderr)
-    return {**summaries, "gpus": max((s["devices"] for s in summaries.values()), default=1)}
+        return {"skipped": "caption.enabled is false: SA-1B samples without captions are "
+                           "counted and skipped by encode"}
+    out: dict[str, Any] = {}
+    for dataset in params.caption.datasets:
+        if dataset not in params.download.enabled():
+            out[dataset] = {"skipped": f"download.{dataset} is disabled"}
+            continue
+        chunks = driver.share_units("caption", params, dataset,
+                                    driver.task(plan_caption, params, dataset))
+        summary = caption_run.summarize(dataset, unit_results(chunks))
+        driver.publish(f"caption-{dataset}", caption_run.summary_markdown(summary),
+                       f"Caption summary of {dataset}")
+        out[dataset] = units_summary(summary, chunks)
+    return {**out, "gpus": most_devices(out)}

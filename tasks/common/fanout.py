@@ -25,6 +25,7 @@ import argparse
 import importlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -167,6 +168,18 @@ def run_on_devices(module: str, params: Params, dataset: str, units: list[Any],
     if errors:
         raise RuntimeError("; ".join(errors))
     return sorted(records, key=lambda r: r["index"])
+
+
+def run_chunk(module: str, params: Params, dataset: str, indices: list[int],
+              units: list[Any]) -> dict[str, Any]:
+    """One share of a dataset's units on this machine's devices, with where it ran: the worker
+    and flow run when a Prefect worker runs it (None from the command line)."""
+    from prefect.runtime import flow_run
+
+    records = run_on_devices(module, params, dataset, units, indices)
+    return {"worker": os.environ.get("PREFECT__WORKER_NAME"), "host": socket.gethostname(),
+            "pid": os.getpid(), "flow_run": flow_run.get_id(),
+            "devices": min(device_count(), len(units)), "records": records}
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

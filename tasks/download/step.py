@@ -1,28 +1,24 @@
-"""Download step entry points: `run` for the CLI and DVC, `download_dataset` for Prefect.
+"""Download step: the body `run(params, driver)` that the CLI/DVC and the flow both call.
 
-The flow maps `download_dataset` over `params.download.enabled()`; each call writes one
-dataset's shards and manifest under s3://BUCKET/raw/<dataset>/ and publishes its summary.
+Each enabled dataset in turn (`download_dataset`) writes its shards and manifest under
+s3://BUCKET/raw/<dataset>/, and its summary is published.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 
+from tasks.common.driver import Driver
 from tasks.download.run import download, summary_markdown
 from tasks.params import Params
 
 
 @task(retries=2, retry_delay_seconds=30, task_run_name="download-{name}")
 def download_dataset(params: Params, name: str) -> dict[str, Any]:
-    """Download one dataset (resumable: a retry skips committed shards) and report it."""
-    summary = download(params, name)
-    create_markdown_artifact(key=f"download-{name}", markdown=summary_markdown(summary),
-                             description=f"Download summary of {name}")
-    return summary
+    """Download one dataset (resumable: a retry skips committed shards)."""
+    return download(params, name)
 
 
 def attempts_key(params: Params) -> tuple[str, str]:
@@ -36,9 +32,13 @@ def attempts_key(params: Params) -> tuple[str, str]:
                                               for d in dl.enabled()})
 
 
-def run(params: Params) -> dict[str, Any]:
-    """The whole step: every enabled dataset in turn; summaries by name (reports on stderr)."""
-    summaries = {name: download(params, name) for name in params.download.enabled()}
-    for summary in summaries.values():
-        print(summary_markdown(summary), file=sys.stderr)
+def run(params: Params, driver: Driver) -> dict[str, Any]:
+    """The whole step: every enabled dataset in turn, in this thread (img2dataset installs
+    signal handlers, which Python allows only in the main thread; at scale each dataset is its
+    own distributed img2dataset job). Summaries by name."""
+    summaries = {}
+    for name in params.download.enabled():
+        summaries[name] = driver.task(download_dataset, params, name)
+        driver.publish(f"download-{name}", summary_markdown(summaries[name]),
+                       f"Download summary of {name}")
     return summaries

@@ -1,9 +1,10 @@
-"""Encode step entry points: `run` for the CLI and DVC; the unit protocol of the fan-out.
+"""Encode step: the body `run(params, driver)` that the CLI/DVC and the flow both call, and
+the unit protocol of the fan-out.
 
-A dataset's units (lists of raw shards, see tasks.encode.run.plan) run one process per device
-(tasks/common/fanout.py): device i of a worker takes every i-th unit and loads the encoders once.
-In the flow, several gpu workers share the units first (flows/units.py); `finish_encode` then
-rebuilds the manifest from the committed shards.
+A dataset's units (lists of raw shards, see tasks.encode.run.plan) are shared over the driver's
+machines (the flow: the pool's online workers, flows/units.py; the CLI: this one), then one
+process per device (tasks/common/fanout.py): device i takes every i-th unit and loads the
+encoders once. `finish_encode` then rebuilds the manifest from the committed shards.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from typing import Any
 
 from prefect import task
 
+from tasks.common.driver import Driver, most_devices, unit_results, units_summary
 from tasks.common.encoders import Encoders, load
-from tasks.common.fanout import run_on_devices
-from tasks.encode.run import encode_unit, finish, not_read, plan, resolution_plan
+from tasks.encode.run import (encode_unit, encoded_datasets, finish, not_read, plan,
+                              resolution_plan)
 from tasks.params import Params
 
 
@@ -37,16 +39,6 @@ def finish_encode(params: Params, dataset: str, units: list[dict[str, Any]]) -> 
     return finish(params, dataset, units)
 
 
-def encode_on_devices(params: Params, dataset: str) -> dict[str, Any]:
-    """The whole dataset on this machine's devices, then the manifest."""
-    if not resolution_plan(params, dataset):
-        return not_read(params, dataset)
-    records = run_on_devices(__name__, params, dataset, plan(params, dataset))
-    # The devices that ran a unit: what the ledger prices (tasks/common/cost.py).
-    return {**finish(params, dataset, [r["result"] for r in records]),
-            "devices": len({r["device"] for r in records}) or 1}
-
-
 def attempts_key(params: Params) -> tuple[str, str]:
     """Where this step's attempts are recorded (tasks/attempt.py): under the latents prefix,
     keyed by what names its latent shards (tasks/encode/run.py latent_shard_name) for every
@@ -55,7 +47,7 @@ def attempts_key(params: Params) -> tuple[str, str]:
     from tasks.caption.keys import caption_key, captions_apply
     from tasks.common.keys import digest, model_fingerprint, without
     from tasks.common.shards import read_manifest, shards_digest
-    from tasks.encode.run import EXECUTION_ONLY, encoded_datasets, plan_key, raw_prefix
+    from tasks.encode.run import EXECUTION_ONLY, plan_key, raw_prefix
 
     def raw(dataset: str) -> str | None:
         manifest = read_manifest(raw_prefix(params, dataset))
@@ -71,6 +63,15 @@ def attempts_key(params: Params) -> tuple[str, str]:
                      for d in encoded_datasets(params)}})
 
 
-def run(params: Params) -> dict[str, Any]:
-    out = {dataset: encode_on_devices(params, dataset) for dataset in params.encode.datasets}
-    return {**out, "gpus": max((s.get("devices", 1) for s in out.values()), default=1)}
+def run(params: Params, driver: Driver) -> dict[str, Any]:
+    """Every dataset the section names: encoded, or recorded as not read by any stage."""
+    out: dict[str, Any] = {}
+    for dataset in params.encode.datasets:
+        if dataset not in encoded_datasets(params):
+            out[dataset] = not_read(params, dataset)
+            continue
+        chunks = driver.share_units("encode", params, dataset,
+                                    driver.task(plan_encode, params, dataset))
+        out[dataset] = units_summary(
+            driver.task(finish_encode, params, dataset, unit_results(chunks)), chunks)
+    return {**out, "gpus": most_devices(out)}

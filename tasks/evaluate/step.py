@@ -1,7 +1,7 @@
-"""Evaluate step: Prefect task + `run(params)` for the CLI and DVC.
+"""Evaluate step: the body `run(params, driver)` that the CLI/DVC and the flow both call.
 
 The work lives in plain functions (score.py, tracking.py); this module only adds retries, the
-Prefect markdown artifact and the MLflow hand-off.
+published summary and the MLflow hand-off.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 
+from tasks.common.driver import Driver
 from tasks.common.generation import load_encoders
 from tasks.evaluate.score import evaluate
 from tasks.evaluate.tracking import log_result, result_markdown, start_run
@@ -33,14 +33,10 @@ def evaluate_and_log(params: Params, checkpoint_uri: str, run_id: str | None = N
 
 
 @task(name="evaluate-checkpoint", retries=2, retry_delay_seconds=30, tags=["gpu"])
-def evaluate_checkpoint(params: Params, checkpoint_uri: str, run_id: str | None = None
-                        ) -> dict[str, Any]:
+def evaluate_checkpoint(params: Params, checkpoint_uri: str, run_id: str | None = None,
+                        grid_path: Path | None = None) -> dict[str, Any]:
     """COCO FID (+ CLIP score) of one checkpoint; generation resumes from cached batches."""
-    result = evaluate_and_log(params, checkpoint_uri, run_id)
-    create_markdown_artifact(key=f"evaluate-{result['checkpoint_digest']}",
-                             markdown=result_markdown(result),
-                             description="COCO-2014 val FID / CLIP score")
-    return result
+    return evaluate_and_log(params, checkpoint_uri, run_id, grid_path)
 
 
 def score_plan(params: Params) -> list[tuple[str, Params]]:
@@ -89,15 +85,20 @@ def attempts_key(params: Params) -> tuple[str, str]:
                                                "checkpoints": scored})
 
 
-def run(params: Params) -> dict[str, Any]:
-    """The whole step for the CLI/DVC; each scored stage's sample grid goes to
-    <out_dir>/plots/samples/<stage>.png for `dvc plots show`."""
+def run(params: Params, driver: Driver) -> dict[str, Any]:
+    """Every scored stage, each result published; with DVC's outputs each stage's sample grid
+    also goes to <out_dir>/plots/samples/<stage>.png for `dvc plots show`."""
     if not params.evaluate.enabled:
         return {"skipped": "evaluate.enabled is false"}
 
     def score(scored: Params, checkpoint_uri: str) -> dict[str, Any]:
-        name = scored.evaluate.stage or scored.train.stages[-1].name
-        return evaluate_and_log(scored, checkpoint_uri, grid_path=params.storage.out_path(
-            f"plots/samples/{name}.png"))
+        grid = None
+        if driver.dvc_outputs:
+            name = scored.evaluate.stage or scored.train.stages[-1].name
+            grid = params.storage.out_path(f"plots/samples/{name}.png")
+        result = driver.task(evaluate_checkpoint, scored, checkpoint_uri, None, grid)
+        driver.publish(f"evaluate-{result['checkpoint_digest']}", result_markdown(result),
+                       "COCO-2014 val FID / CLIP score")
+        return result
 
     return evaluate_stages(params, score)

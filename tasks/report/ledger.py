@@ -1,7 +1,8 @@
 """The cost ledger: what each step took in wall time, devices, device-hours and dollars.
 
 A step's result is wrapped in an envelope {step, seconds, result} by whoever ran it (the CLI or
-the flow). Every row is priced by the one rule (tasks/common/cost.py price): device wall time x
+the flow); the step table (tasks/steps.py) says which steps have a row and which are priced per
+GPU. Every row is priced by the one rule (tasks/common/cost.py price): device wall time x
 devices used x price. GPU steps report the devices they used (`gpus`: the fan-out's device
 processes, the trainer's ranks) and the trainer its held seconds per device; CPU steps are one
 machine at the `cpu` rate.
@@ -18,9 +19,7 @@ from typing import Any
 
 from tasks.common.cost import CostParams, Price, price
 from tasks.common.memory import describe
-
-STEPS = ("download", "caption", "encode", "train", "evaluate")
-GPU_STEPS = ("caption", "encode", "train", "evaluate")
+from tasks.steps import step as table_entry
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ def ledger_row(env: dict[str, Any], cost: CostParams, model: Price | None = None
     """One step's row; `model` is the price of every recorded attempt at its outputs."""
     step, result = env["step"], env.get("result") or {}
     seconds = float(result.get("gpu_seconds_per_device", env["seconds"]))
-    spent = price(cost, seconds, int(result.get("gpus", 1)), on_gpu=step in GPU_STEPS)
+    spent = price(cost, seconds, int(result.get("gpus", 1)), on_gpu=table_entry(step).gpu)
     model = model if model is not None and model.cost_usd >= spent.cost_usd else spent
     nodes = [n for stage in (result.get("stages") or {}).values() for n in stage.get("nodes", [])]
     memory = next((describe(n["device_memory"]) for n in nodes if n.get("device_memory")), "")

@@ -1,8 +1,9 @@
-"""Report step: cost ledger, metrics and sample grid to MLflow and a Prefect artifact.
+"""Report step: cost ledger, metrics and sample grid to MLflow, published as a summary.
 
-In the flow, `report_pipeline` receives the step envelopes and the parent MLflow run opened at
-the start of the pipeline. From the CLI / DVC, `run` reads the step envelopes that the earlier
-stages wrote to `storage.out_dir` (out/ by default) and opens its own parent run.
+The body `run(params, driver)` is what the CLI/DVC and the pipeline flow both call. The driver
+hands it the step envelopes (the flow: those of its run; the CLI: those the earlier stages
+wrote to `storage.out_dir`, out/ by default) and the parent MLflow run (the flow opens one at
+the start of the pipeline; from the CLI the report opens its own).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
 
 from infra import tracking
 from infra.tracking import log_batched, metric_entities
 from tasks.common.cost import Price, price
+from tasks.common.driver import Driver
 from tasks.params import Params
-from tasks.report.ledger import GPU_STEPS, STEPS, ledger, rows_as_dicts, totals
+from tasks.report.ledger import ledger, rows_as_dicts, totals
+from tasks.steps import PRICED, step
 from tasks.report.summary import fid_curve, final_metrics, report_markdown
 from tasks.report.chart import cost_chart, fid_chart, planned_markdown
 from tasks.report.dvc_metrics import flat_metrics
@@ -123,7 +125,7 @@ def step_prices(params: Params, envelopes: list[dict[str, Any]]) -> dict[str, Pr
         records = attempts.read(env["attempts"]) if env.get("attempts") else []
         if records:
             out[env["step"]] = summed([price(params.cost, float(r["seconds"]),
-                                             int(r["devices"]), on_gpu=env["step"] in GPU_STEPS)
+                                             int(r["devices"]), on_gpu=step(env["step"]).gpu)
                                        for r in records])
     return out
 
@@ -171,13 +173,13 @@ def report(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str) 
             "markdown": markdown}
 
 
-def previous_costs(params: Params, previous: list[dict[str, str]]) -> dict[str, float]:
+def previous_costs(params: Params, previous: tuple[dict[str, str], ...]) -> dict[str, float]:
     """What the superseded attempts spent: the ledger of the steps they finished."""
     from infra import s3
 
-    envelopes = [s3.get_json(f"{attempt['folder']}/{step}.json")
+    envelopes = [s3.get_json(f"{attempt['folder']}/{name}.json")
                  for attempt in previous if attempt.get("folder")
-                 for step in STEPS if s3.exists(f"{attempt['folder']}/{step}.json")]
+                 for name in PRICED if s3.exists(f"{attempt['folder']}/{name}.json")]
     total = totals(ledger(envelopes, params.cost))
     return {"attempts": len(previous), "cost_usd": total["cost_usd"],
             "device_hours": total["device_hours"]}
@@ -185,7 +187,7 @@ def previous_costs(params: Params, previous: list[dict[str, str]]) -> dict[str, 
 
 @task(name="report", retries=2, retry_delay_seconds=10)
 def report_pipeline(params: Params, envelopes: list[dict[str, Any]], parent_run_id: str,
-                    previous: list[dict[str, str]] | None = None) -> dict[str, Any]:
+                    previous: tuple[dict[str, str], ...]) -> dict[str, Any]:
     result = report(params, envelopes, parent_run_id)
     if previous:
         # Killed attempts of the same pipeline: their cost adds up here, in one place.
@@ -202,28 +204,22 @@ def report_pipeline(params: Params, envelopes: list[dict[str, Any]], parent_run_
                                f"({earlier['device_hours']:.4f} device-hours), so far "
                                f"${result['totals']['cost_usd'] + earlier['cost_usd']:.4f} "
                                "in all.\n")
-    create_markdown_artifact(key="pipeline-report", markdown=result["markdown"],
-                             description="micro-budget pipeline: datasets, cost, FID")
     return result
 
 
-def read_envelopes(params: Params) -> list[dict[str, Any]]:
-    """The step envelopes written by `python -m tasks <step> --out <out_dir>/<step>.json`."""
-    envelopes = []
-    for step in STEPS:
-        path = params.storage.out_path(f"{step}.json")
-        if path.exists():
-            envelopes.append(json.loads(path.read_text()))
-    return envelopes
-
-
-def run(params: Params) -> dict[str, Any]:
-    envelopes = read_envelopes(params)
-    parent = start_pipeline_run(params, f"dvc-{params.profile}", tags={"driver": "dvc"})
-    result = report(params, envelopes, parent)
-    markdown = params.storage.out_path("report.md")
-    markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text(result["markdown"])
-    params.storage.out_path("metrics.json").write_text(
-        json.dumps(result["flat_metrics"], indent=2, sort_keys=True) + "\n")
+def run(params: Params, driver: Driver) -> dict[str, Any]:
+    """The report of the driver's envelopes under its parent run (or one of its own, tagged
+    as the DVC driver's); with DVC's outputs also <out_dir>/report.md and metrics.json."""
+    parent = driver.parent_run_id or start_pipeline_run(params, f"dvc-{params.profile}",
+                                                        tags={"driver": "dvc"})
+    result = driver.task(report_pipeline, params, driver.envelopes(params), parent,
+                         driver.superseded)
+    driver.publish("pipeline-report", result["markdown"],
+                   "micro-budget pipeline: datasets, cost, FID")
+    if driver.dvc_outputs:
+        markdown = params.storage.out_path("report.md")
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(result["markdown"])
+        params.storage.out_path("metrics.json").write_text(
+            json.dumps(result["flat_metrics"], indent=2, sort_keys=True) + "\n")
     return {k: v for k, v in result.items() if k != "markdown"}

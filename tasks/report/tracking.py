@@ -22,6 +22,7 @@ from infra.settings import mlflow_uri
 from infra.tracking import experiment_id, log_batched, metric_entities, param_entities, tag_entities
 from tasks.params import Params
 from tasks.report.ledger import LedgerRow, rows_as_dicts, totals
+from tasks.steps import PRICED
 
 
 def params_hash(params: Params) -> str:
@@ -55,8 +56,7 @@ def supersede_stale_runs(params: Params, run_id: str) -> list[dict[str, str]]:
         if run.info.run_id == run_id:
             continue
         folder = run.data.tags.get("pipeline_folder", "")
-        done = [step for step in ("download", "caption", "encode", "train", "evaluate")
-                if folder and _exists(f"{folder}/{step}.json")]
+        done = [step for step in PRICED if folder and _exists(f"{folder}/{step}.json")]
         log_batched(client, run.info.run_id, tags=tag_entities(
             {"stopped_at": f"after {done[-1]}" if done else "start", "superseded_by": run_id}))
         client.set_terminated(run.info.run_id, status="KILLED")

@@ -1,4 +1,4 @@
-"""Train step entry points: `run` for the CLI/DVC, `train_stage` for the flow's gpu pool.
+"""Train step: the body `run(params, driver)` that the CLI/DVC and the flow both call.
 
 Each stage runs in a child process (torchrun when more than one GPU or node): a killed worker
 is just a rerun, which resumes from the stage's latest checkpoint in S3.
@@ -24,6 +24,7 @@ from prefect import task
 from infra import s3
 from infra.settings import REPO_ROOT
 from tasks.common import attempts
+from tasks.common.driver import Driver
 from tasks.common.memory import device_memory
 from tasks.params import Params, resolved_env
 from tasks.train import checkpoint, keys
@@ -202,7 +203,9 @@ def run_attempt(params: Params, stage: str, parent_run_id: str | None = None, no
 class ProgressArtifact:
     """A stage's progress as a Prefect progress artifact of the running flow run, updated at
     most every `every_s` seconds and on the last step: the UI shows it on the flow run, and
-    the pipeline flow logs its description, which `prefect deployment run --watch` prints."""
+    the pipeline flow logs its description, which `prefect deployment run --watch` prints.
+    Outside a flow run (the CLI) nothing is published: there is no run to show it on, and the
+    child's progress lines already reach stdout (`follow`)."""
 
     def __init__(self, every_s: float = 10.0) -> None:
         self.every_s = every_s
@@ -211,9 +214,11 @@ class ProgressArtifact:
 
     def __call__(self, progress: Progress) -> None:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
+        from prefect.runtime import flow_run
 
         now = time.monotonic()
-        if now - self._last < self.every_s and progress.step < progress.steps:
+        if flow_run.get_id() is None or (now - self._last < self.every_s
+                                         and progress.step < progress.steps):
             return
         percent = 100.0 * progress.step / max(progress.steps, 1)
         try:
@@ -227,17 +232,12 @@ class ProgressArtifact:
 
 
 @task(retries=1, retry_delay_seconds=10, task_run_name="train-{stage}", tags=["gpu"])
-def train_stage(params: Params, stage: str, parent_run_id: str | None = None) -> dict[str, Any]:
-    """A preempted stage is started again inside (run_stage), so Prefect's retry below is for
-    a lost worker; each preemption is logged to the task run."""
-    from prefect import get_run_logger
-
-    result = run_stage(params, stage, parent_run_id, progress=ProgressArtifact())
-    for i, record in enumerate(result["preemptions"], 1):
-        get_run_logger().warning(f"train-{stage}: preempted at step {record['step']}, resumed "
-                                 f"from step {record['resumes_from_step']} ({i} of "
-                                 f"{len(result['preemptions'])} preemptions)")
-    return result
+def train_stage(params: Params, stage: str, parent_run_id: str | None = None,
+                keep_losses: bool = False) -> dict[str, Any]:
+    """A preempted stage is started again inside (run_stage), so Prefect's retry is for a
+    lost worker."""
+    return run_stage(params, stage, parent_run_id, keep_losses=keep_losses,
+                     progress=ProgressArtifact())
 
 
 def export_model(params: Params) -> str:
@@ -278,7 +278,24 @@ def write_loss_plots(params: Params, stages: dict[str, dict[str, Any]]) -> None:
         (folder / f"{name}.csv").write_text("step,loss\n" + rows)
 
 
-def run(params: Params) -> dict[str, Any]:
-    stages = {s.name: run_stage(params, s.name, keep_losses=True) for s in params.train.stages}
-    write_loss_plots(params, stages)
-    return {**summarize(stages), "diffusers": export_model(params)}
+def train_one(params: Params, stage: str, driver: Driver) -> dict[str, Any]:
+    """One stage, on train.nodes machines; each preemption it survived is a warning.
+    The losses are kept for DVC's plots only: a full stage holds hundreds of thousands."""
+    if params.train.nodes > 1:
+        result = driver.train_on_nodes(params, stage)
+    else:
+        result = driver.task(train_stage, params, stage, driver.parent_run_id,
+                             driver.dvc_outputs)
+    for i, record in enumerate(result["preemptions"], 1):
+        driver.warn(f"train-{stage}: preempted at step {record['step']}, resumed from step "
+                   f"{record['resumes_from_step']} ({i} of {len(result['preemptions'])} "
+                   "preemptions)")
+    return result
+
+
+def run(params: Params, driver: Driver) -> dict[str, Any]:
+    """Every stage in order, then the diffusers export of the last."""
+    stages = {s.name: train_one(params, s.name, driver) for s in params.train.stages}
+    if driver.dvc_outputs:
+        write_loss_plots(params, stages)
+    return {**summarize(stages), "diffusers": driver.task(export_task, params)}

@@ -19,6 +19,7 @@ from tasks.check import memory_limit
 from tasks.common import attempts
 from tasks.common.cost import price
 from tasks.common.cost import attempts_price
+from tasks.common.driver import Local
 from tasks.common.memory import describe, device_memory
 from tasks.params import load_params
 from tasks.report.dvc_metrics import flat_metrics
@@ -191,7 +192,8 @@ def test_a_failed_encode_attempt_adds_up_and_a_cached_rerun_keeps_the_model_cost
                                                                     device="cuda:99"))
 
     def run_steps():
-        return [run_attempt(params, step.__name__.split(".")[1], lambda s=step: s.run(params))
+        return [run_attempt(params, step.__name__.split(".")[1],
+                            lambda s=step: s.run(params, Local()))
                 for step in (download_step, encode_step)]
 
     def reported(envelopes):
@@ -207,11 +209,12 @@ def test_a_failed_encode_attempt_adds_up_and_a_cached_rerun_keeps_the_model_cost
         return sum(price(params.cost, e["seconds"], int(e["result"].get("gpus", 1)),
                          on_gpu=e["step"] == "encode").cost_usd for e in envelopes)
 
-    download_env = run_attempt(params, "download", lambda: download_step.run(params))
+    download_env = run_attempt(params, "download", lambda: download_step.run(params, Local()))
     assert attempt_prefix(broken, "encode") == attempt_prefix(params, "encode")
     with pytest.raises(RuntimeError, match="cuda"):
-        run_attempt(broken, "encode", lambda: encode_step.run(broken))
-    first = [download_env, run_attempt(params, "encode", lambda: encode_step.run(params))]
+        run_attempt(broken, "encode", lambda: encode_step.run(broken, Local()))
+    first = [download_env,
+             run_attempt(params, "encode", lambda: encode_step.run(params, Local()))]
     assert first[1]["result"]["cc3m"]["samples_encoded_this_run"] > 0
     failed, finished = attempts.read(attempt_prefix(params, "encode"))
     assert (failed["status"], finished["status"]) == ("failed", "finished")

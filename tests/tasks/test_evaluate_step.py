@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from infra.config import build
+from tasks.common.driver import Local
 from tasks.evaluate.step import evaluate_checkpoint, run
 from tasks.params import Params, load_params
 
 
 def test_run_skips_when_disabled():
     params = build(Params, {"profile": "demo", "evaluate": {"enabled": False}}, "test")
-    assert run(params) == {"skipped": "evaluate.enabled is false"}
+    assert run(params, Local()) == {"skipped": "evaluate.enabled is false"}
 
 
 def test_task_declares_retries():

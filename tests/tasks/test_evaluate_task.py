@@ -1,7 +1,9 @@
-"""The Prefect task in a flow: evaluates, logs to MLflow and publishes a markdown artifact."""
+"""The evaluate body on the Prefect driver: evaluates in a task run, logs to MLflow and
+publishes a markdown artifact."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from pathlib import Path
 
@@ -11,25 +13,27 @@ from mlflow.tracking import MlflowClient
 from prefect import flow
 from prefect.artifacts import Artifact
 
-from tasks.evaluate.step import evaluate_checkpoint
-from tasks.evaluate.tracking import metric_names, start_run
+from flows.steps import OnPrefect
+from tasks.evaluate import step as evaluate_step
+from tasks.evaluate.tracking import metric_names
 from tests.tasks.evaluate_helpers import make_params, save_models, write_coco_shards
 
 
-def test_task_logs_to_mlflow_and_publishes_artifact(tmp_path, s3_service, mlflow_service,
+def test_body_logs_to_mlflow_and_publishes_artifact(tmp_path, s3_service, mlflow_service,
                                                     prefect_service):
     torch.set_num_threads(1)
     models = save_models(tmp_path)
     params = make_params(f"test/{uuid.uuid4().hex[:12]}", models)
     write_coco_shards(params.storage.uri(params.storage.raw_prefix, "coco"), tmp_path)
-    run_id = start_run("evaluate-test")
+    params = dataclasses.replace(params, evaluate=dataclasses.replace(
+        params.evaluate, checkpoint=models["checkpoint"]))
 
     @flow(name="evaluate-test")
     def one_checkpoint() -> dict:
-        return evaluate_checkpoint(params, models["checkpoint"], run_id)
+        return evaluate_step.run(params, OnPrefect())
 
     result = one_checkpoint()
-    assert result["mlflow_run_id"] == run_id
+    run_id = result["mlflow_run_id"]
 
     client = MlflowClient(tracking_uri=mlflow_service)
     run = client.get_run(run_id)
