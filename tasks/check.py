@@ -105,10 +105,10 @@ def check_evaluation(params: Params) -> list[str]:
     except PreflightError as err:
         return [str(err)]
     problems = []
-    if params.evaluate.resolution != stage.resolution:
+    if params.evaluate.resolution not in (None, stage.resolution):
         problems.append(f"evaluate.resolution is {params.evaluate.resolution} px but the scored "
-                        f"stage {stage.name} trains at {stage.resolution} px: set evaluate.stage "
-                        "or evaluate.resolution")
+                        f"stage {stage.name} trains at {stage.resolution} px: set evaluate.stage, "
+                        "or leave evaluate.resolution null (the stage's)")
     names = [s.name for s in params.train.stages]
     problems += [f"evaluate.extra_stages names {name!r}, not a train stage {names}"
                  for name in params.evaluate.extra_stages if name not in names]
@@ -195,9 +195,6 @@ def check_data(params: Params) -> list[str]:
                                 "does not encode")
             elif dataset not in downloaded:
                 problems.append(f"stage {stage.name} reads {dataset}, whose download is disabled")
-        if stage.resolution not in enc.resolutions:
-            problems.append(f"stage {stage.name} trains at {stage.resolution} px, not in "
-                            f"encode.resolutions {list(enc.resolutions)}")
     if params.evaluate.enabled and params.evaluate.dataset not in downloaded:
         problems.append(f"evaluate.dataset {params.evaluate.dataset} is not downloaded")
     reads_sa1b = any("sa1b" in tp.stage_datasets(s) for s in tp.stages)

@@ -1,4 +1,4 @@
-"""Encode step parameters: which encoders, at which resolutions, over which datasets."""
+"""Encode step parameters: which encoders over which datasets (the resolutions are the stages')."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ class EncodeParams:
     # "open_clip": tokenize as the reference did (open_clip's caption cleaning, pad id 0), which
     # an imported reference checkpoint was trained on; "hf": the tokenizer files as they are.
     tokenizer_compat: Literal["open_clip", "hf"] = "open_clip"
-    resolutions: tuple[int, ...] = (256, 512)  # px, square center crops
     datasets: tuple[str, ...] = ("cc3m", "sa1b", "textcaps", "journeydb", "diffusiondb", "coco")
     batch_size: int = 32  # images per VAE forward
     # Processes that decode JPEGs and resize them ahead of the encoders (0: in the encoding
@@ -35,9 +34,6 @@ class EncodeParams:
     min_caption_chars: int = 1  # shorter captions are counted and skipped
 
     def __post_init__(self) -> None:
-        if not self.resolutions or any(r <= 0 or r % 8 for r in self.resolutions):
-            raise ValueError(f"encode.resolutions must be positive multiples of 8, "
-                             f"got {self.resolutions}")
         for name in ("batch_size", "shards_per_unit", "text_length"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"encode.{name} must be > 0, got {getattr(self, name)}")

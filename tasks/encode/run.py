@@ -65,13 +65,13 @@ def caption_sidecar(params: Params, dataset: str,
 def resolution_plan(params: Params, dataset: str) -> dict[int, int]:
     """Resolution (px) -> smallest native short side (px) encoded at it, for one dataset.
 
-    A dataset is encoded only at the resolutions of the training stages that read it, and at
-    each only for images no stage at that resolution filters out (`min_short_side`): a 512 px
-    stage never sees an upscaled 256 px image, and nothing is encoded that no stage reads."""
+    A dataset is encoded only at the resolutions of the training stages that read it (the
+    stages declare them; encode has no list of its own), and at each only for images no stage
+    at that resolution filters out (`min_short_side`): a 512 px stage never sees an upscaled
+    256 px image, and nothing is encoded that no stage reads."""
     plan: dict[int, int] = {}
     for stage in params.train.stages:
-        if dataset in params.train.stage_datasets(stage) \
-                and stage.resolution in params.encode.resolutions:
+        if dataset in params.train.stage_datasets(stage):
             side = plan.get(stage.resolution)
             plan[stage.resolution] = stage.min_short_side if side is None \
                 else min(side, stage.min_short_side)
@@ -88,9 +88,9 @@ def plan_key(plan: dict[int, int]) -> dict[str, int]:
 
 
 # How latents are computed, not what they hold: batching, work units, placement; and the
-# dataset list and resolutions, which the resolution plan (in the key) already reflects.
-EXECUTION_ONLY = ("batch_size", "shards_per_unit", "device", "datasets", "resolutions",
-                  "decode_workers", "compile")
+# dataset list, which the resolution plan (in the key) already reflects.
+EXECUTION_ONLY = ("batch_size", "shards_per_unit", "device", "datasets", "decode_workers",
+                  "compile")
 
 
 def latent_shard_name(params: Params, dataset: str, raw: ShardRecord,

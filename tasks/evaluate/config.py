@@ -24,7 +24,9 @@ class EvaluateParams:
     dataset: str = "coco"  # raw dataset under s3://BUCKET/raw/<dataset>/ (captions + real images)
     num_samples: int = 30_000  # generated images (and captions drawn) for FID
     num_real: int | None = None  # real images for the reference statistics; null: all of them
-    resolution: int = 256  # px, generation side; real images are resized + cropped to it
+    # px, generation side (real images are resized + cropped to it); null: the scored stage's
+    # training resolution, which the stages declare (set it only for a checkpoint of no stage)
+    resolution: int | None = None
     guidance: float = 5.0  # classifier-free guidance scale (1.0: no guidance)
     steps: int = 30  # Heun sampler steps
     sigma_min: float = 0.002  # EDM sampler noise range and schedule exponent
@@ -44,7 +46,7 @@ class EvaluateParams:
     def __post_init__(self) -> None:
         for name in ("num_samples", "resolution", "steps", "batch_size", "feature_batch_size",
                      "grid_images"):
-            if getattr(self, name) <= 0:
+            if (getattr(self, name) or 1) <= 0:
                 raise ValueError(f"evaluate.{name} must be > 0, got {getattr(self, name)}")
         if self.num_samples < 2:
             raise ValueError(f"evaluate.num_samples must be >= 2 (FID needs a covariance), "

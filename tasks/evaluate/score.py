@@ -90,10 +90,22 @@ class Generated:
     samples: Manifest  # committed PNG shards, one per batch
 
 
+def with_resolution(params: Params) -> Params:
+    """The params with evaluate.resolution set: as given, else the scored stage's training
+    resolution (evaluate.stage, or the last stage), so the stages declare it once."""
+    ev = params.evaluate
+    if ev.resolution is not None:
+        return params
+    stage = params.train.stage(ev.stage) if ev.stage else params.train.stages[-1]
+    return dataclasses.replace(params, evaluate=dataclasses.replace(
+        ev, resolution=stage.resolution))
+
+
 def generated_side(params: Params, checkpoint_source: str, encoders_loader: EncodersLoader,
                    prompts: list[str], prompts_key: str, device: torch.device,
                    cache_dir: Path) -> Generated:
     """Generate (or find cached) samples for every prompt with the checkpoint's EMA weights."""
+    params = with_resolution(params)
     ev = params.evaluate
     checkpoint = fetch_checkpoint(checkpoint_source, cache_dir)
     encoders = encoders_loader(params, device)
@@ -138,6 +150,7 @@ def evaluate(params: Params, checkpoint_source: str, encoders_loader: EncodersLo
     encoders_loader(params, device) -> Encoders supplies the VAE and text encoder (the step
     passes the encode step's loaders, so generation matches training).
     """
+    params = with_resolution(params)
     ev = params.evaluate
     device = pick_device(ev.device)
     manifest, fid_root = coco_manifest(params)

@@ -14,7 +14,7 @@ from prefect import task
 
 from tasks.common.driver import Driver
 from tasks.common.generation import load_encoders
-from tasks.evaluate.score import evaluate
+from tasks.evaluate.score import evaluate, with_resolution
 from tasks.evaluate.tracking import log_result, result_markdown, start_run
 from tasks.params import Params
 
@@ -41,14 +41,15 @@ def evaluate_checkpoint(params: Params, checkpoint_uri: str, run_id: str | None 
 
 def score_plan(params: Params) -> list[tuple[str, Params]]:
     """(stage, params to score it with): evaluate.extra_stages, each at its own training
-    resolution, then evaluate.stage (default: the last) with evaluate.resolution."""
+    resolution, then evaluate.stage (default: the last) at evaluate.resolution (null: that
+    stage's training resolution)."""
     ev = params.evaluate
     plan = []
     for name in ev.extra_stages:
         resolution = params.train.stage(name).resolution
         plan.append((name, replace(params, evaluate=replace(ev, stage=name,
                                                             resolution=resolution))))
-    return [*plan, (ev.stage or params.train.stages[-1].name, params)]
+    return [*plan, (ev.stage or params.train.stages[-1].name, with_resolution(params))]
 
 
 def combine(results: dict[str, dict[str, Any]], main: str) -> dict[str, Any]:

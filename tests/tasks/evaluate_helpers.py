@@ -70,7 +70,7 @@ def make_params(root: str, models: dict[str, str], **evaluate: Any) -> Params:
         "profile": "demo",
         "storage": {"bucket": "micro-budget", "raw_prefix": f"{root}/raw",
                     "runs_prefix": f"{root}/runs"},
-        "encode": {"vae": models["vae"], "text_encoder": models["text"], "resolutions": [32],
+        "encode": {"vae": models["vae"], "text_encoder": models["text"],
                    "device": "cpu", "dtype": "fp32"},
         "evaluate": {"num_samples": 8, "resolution": RESOLUTION, "steps": 2, "guidance": 2.0,
                      "batch_size": 4, "feature_batch_size": 8, "grid_images": 4,

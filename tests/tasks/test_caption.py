@@ -138,7 +138,7 @@ def test_caption_shard_writes_a_sidecar_encode_reads_and_resumes(s3_prefix, tiny
     models = tmp_path / "models"
     encode = dataclasses.replace(params.encode, vae=str(save_tiny_vae(models / "vae")),
                                  text_encoder=str(save_tiny_text_encoder(models / "text")),
-                                 resolutions=(64,), batch_size=4)
+                                 batch_size=4)
     # Encoded before captioning: only the sample that came with a caption is usable.
     encode_dataset(dataclasses.replace(params, encode=encode), "sa1b")
     assert read_manifest(latent_prefix(params, "sa1b")).samples == 1

@@ -43,7 +43,7 @@ def _params(s3_prefix: str, models: tuple[str, str]):
     storage = dataclasses.replace(params.storage, raw_prefix=f"{key}/raw",
                                   latents_prefix=f"{key}/latents", runs_prefix=f"{key}/runs")
     encode = dataclasses.replace(params.encode, vae=models[0], text_encoder=models[1],
-                                 resolutions=(RESOLUTION,), datasets=("cc3m",), batch_size=4)
+                                 datasets=("cc3m",), batch_size=4)
     stage = dataclasses.replace(params.train.stages[0], resolution=RESOLUTION, steps=1)
     train_p = dataclasses.replace(
         params.train, model="tiny", latent_downscale=8, stages=(stage,), datasets=("cc3m",),

@@ -43,7 +43,7 @@ def _params(s3_prefix, tiny_models, **encode):
     storage = dataclasses.replace(params.storage, raw_prefix=f"{key}/raw",
                                   latents_prefix=f"{key}/latents")
     enc = dataclasses.replace(params.encode, vae=tiny_models[0], text_encoder=tiny_models[1],
-                              resolutions=(32,), batch_size=4, **encode)
+                              batch_size=4, **encode)
     # Encode writes the resolutions that training stages read: the stages train at 32 px.
     train = dataclasses.replace(params.train, stages=tuple(
         dataclasses.replace(s, resolution=32) for s in params.train.stages))
@@ -179,8 +179,6 @@ def test_decode_workers_and_caption_reuse_store_what_the_plain_path_stores(
     batch of 4 decodes each image, resizes it per resolution, draws the posterior noise in
     resolution order from the shard's generator, and runs the text tower on all 4 captions."""
     params = _params(s3_prefix, tiny_models, datasets=("cc3m",), decode_workers=workers)
-    params = dataclasses.replace(params, encode=dataclasses.replace(params.encode,
-                                                                    resolutions=(32, 64)))
     # Stage 1 at 32 px reads every image, the later stages at 64 px only short sides >= 90.
     stages = params.train.stages
     stages = (stages[0],) + tuple(dataclasses.replace(s, resolution=64, min_short_side=90)

@@ -35,7 +35,7 @@ def _params(s3_prefix, tiny_models):
     storage = dataclasses.replace(params.storage, raw_prefix=f"{key}/raw",
                                   latents_prefix=f"{key}/latents")
     enc = dataclasses.replace(params.encode, vae=tiny_models[0], text_encoder=tiny_models[1],
-                              resolutions=(32, 64), batch_size=4)
+                              batch_size=4)
     base = params.train.stages
     low = ("cc3m", "diffusiondb")
     stages = (dataclasses.replace(base[0], name="s1", resolution=32, datasets=low),
