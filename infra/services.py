@@ -248,13 +248,19 @@ def _mlflow_env() -> dict[str, str]:
     # The basic-auth app's settings: its user store beside the tracking store, READ for every
     # signed-in user without a grant (the reader), no access without signing in. The admin's
     # password reaches it through the environment, read once when the store is empty.
+    # auth_cache_ttl_seconds: a credential checked once is trusted for that long, so each
+    # request does not pay the password hash check again (tens of ms of CPU each, per MLflow's
+    # own basic_auth.ini); MLflow invalidates an entry when the password changes through its
+    # API, and the one worker here sees every change. MB_MLFLOW_AUTH_CACHE_S=0 turns it off
+    # (benchmarks/mlflow_auth.py measures both).
     config = state("mlflow", "basic_auth.ini")
     config.write_text(
         "[mlflow]\n"
         "default_permission = READ\n"
         f"database_uri = sqlite:///{state('mlflow', 'basic_auth.db')}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        "grant_default_workspace_access = false\n")
+        "grant_default_workspace_access = false\n"
+        f"auth_cache_ttl_seconds = {int(os.environ.get('MB_MLFLOW_AUTH_CACHE_S', '60'))}\n")
     return {**env, "MLFLOW_AUTH_CONFIG_PATH": str(config),
             "MLFLOW_AUTH_ADMIN_USERNAME": creds["MB_MLFLOW_USERNAME"],
             "MLFLOW_AUTH_ADMIN_PASSWORD": creds["MB_MLFLOW_PASSWORD"],

@@ -86,6 +86,17 @@ def test_mlflow_refuses_anonymous_and_wrong_password_and_reader_cannot_write(mlf
     metric = {"run_id": run_id, "key": "loss", "value": 1.0, "timestamp": 0, "step": 0}
     assert _status(f"{api}/runs/log-metric", reader, metric) == 403
     assert _status(f"{api}/runs/log-metric", f"{user}:{password}", metric) == 200
+    # The server trusts a checked credential for a while (auth_cache_ttl_seconds): after a
+    # success is cached, a wrong password and an unknown user are still refused.
+    assert _status(search, f"{user}:{password}x", query) == 401
+    assert _status(search, f"nobody:{password}", query) == 401
+
+
+def test_mlflow_caches_checked_credentials(mlflow_service):
+    # Without the cache every request pays the password hash check: 200 logged batches cost
+    # the server 41.8 s of CPU instead of 2.8 s (benchmarks/mlflow_auth.py, docs/benchmarks.md).
+    ini = (settings.state_dir() / "mlflow" / "basic_auth.ini").read_text()
+    assert "auth_cache_ttl_seconds = 60" in ini, ini
 
 
 def test_prefect_refuses_anonymous_and_wrong_auth_string(prefect_service):
