@@ -99,13 +99,18 @@ USER_WORLD_CHECK = "test_the_suite_leaves_the_users_world_as_it_was"
 
 
 # The longest files (CI's --durations), longest first: pytest-xdist hands tests out in this order,
-# so the long ones start at once on different workers instead of meeting at the end.
+# so the long ones start at once on different workers instead of meeting at the end. Right after
+# the corpus group (one worker, which builds the demo models first) come long tests that need no
+# demo models (test_watch trains on random-init encoders, the store outage on S3 alone): the
+# other worker works through them instead of waiting on the models' file lock (~250 s idle at
+# the start of a CI rehearsal when test_pipeline came second).
 LONGEST_FIRST = ("tests/flows/test_dvc.py", "tests/test_demo_learns.py",
                  "tests/flows/test_budget.py", "tests/flows/test_secrets.py",
+                 "tests/flows/test_watch.py", "tests/infra/test_s3_outage.py",
                  "tests/flows/test_pipeline.py", "tests/flows/test_full_structure.py",
-                 "tests/flows/test_multinode.py", "tests/flows/test_watch.py",
+                 "tests/flows/test_multinode.py",
                  "tests/test_masking_ablation.py", "tests/flows/test_failures.py",
-                 "tests/infra/test_s3_outage.py", "tests/tasks/test_mlflow_batching.py",
+                 "tests/tasks/test_mlflow_batching.py",
                  "tests/flows/test_params_travel.py", "tests/flows/test_fanout.py")
 # The files whose tests read the shared demo corpus (tests/corpus.py, built once per
 # session): one worker runs them all, so the corpus is built once per run, not once per worker.
