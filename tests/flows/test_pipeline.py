@@ -21,6 +21,7 @@ from tasks.common.shards import iter_shard, read_manifest
 from infra.settings import REPO_ROOT
 from tasks.params import load_params
 from tasks.train import checkpoint, keys
+from tests.corpus import write_params
 
 WORKERS = ("worker-cpu", "worker-gpu")
 
@@ -66,11 +67,20 @@ def _stage1_pointer(params):
 
 # The demo with few-step training: this test checks resumption and records, not learning.
 QUICK = REPO_ROOT / "tests" / "params" / "quick_demo.yaml"
+# Stage 1 long enough that the kill lands inside it: the test polls for its first checkpoint
+# (every 4 steps) and kills then; with the quick demo's 8 steps a fast machine had finished
+# the stage between two polls (a CI rehearsal found the step-8 checkpoint of a done stage).
+STAGE1_STEPS = 96
 
 
-def _kill_when(params, condition, what: str) -> None:
+def _params_path(folder: Path) -> Path:
+    return write_params(folder / "params.yaml",
+                        {"train": {"stages": [{"steps": STAGE1_STEPS}, {}]}}, QUICK)
+
+
+def _kill_when(path: Path, condition, what: str) -> None:
     """Start the pipeline, SIGKILL both workers once `condition` holds, restart them."""
-    run = run_deployment("micro-budget/full", timeout=0, parameters={"params_path": str(QUICK)})
+    run = run_deployment("micro-budget/full", timeout=0, parameters={"params_path": str(path)})
     _wait_for(condition, what)
     _kill_workers()
     assert not client_state(run.id).is_completed(), f"the pipeline finished before {what}"
@@ -96,8 +106,9 @@ def _check_no_duplicates(prefix: str, what: str) -> int:
     return manifest.samples
 
 
-def test_demo_pipeline_survives_killed_workers_in_every_phase(pipeline_services):
-    params = load_params(QUICK)
+def test_demo_pipeline_survives_killed_workers_in_every_phase(pipeline_services, tmp_path):
+    path = _params_path(tmp_path)
+    params = load_params(path)
     deploy()
     storage = params.storage
     # Start from nothing so each kill lands in the middle of real work.
@@ -109,19 +120,19 @@ def test_demo_pipeline_survives_killed_workers_in_every_phase(pipeline_services)
     raw = {d: storage.uri(storage.raw_prefix, d) for d in DATASETS}
     latents = {d: storage.uri(storage.latents_prefix, d) for d in DATASETS}
     # 1. During download: the first shard of CC3M is committed, later datasets are not.
-    _kill_when(params, lambda: bool(_records(raw["cc3m"])), "a CC3M shard")
+    _kill_when(path, lambda: bool(_records(raw["cc3m"])), "a CC3M shard")
     assert read_manifest(raw["diffusiondb"]) is None, "download had finished before the kill"
     # 2. During encode: the first latent shard is committed.
-    _kill_when(params, lambda: any(_records(p) for p in latents.values()), "a latent shard")
+    _kill_when(path, lambda: any(_records(p) for p in latents.values()), "a latent shard")
     # 3. During training: stage 1's first checkpoint exists.
-    _kill_when(params, lambda: _stage1_pointer(params) is not None, "a stage-1 checkpoint")
+    _kill_when(path, lambda: _stage1_pointer(params) is not None, "a stage-1 checkpoint")
     before = _stage1_pointer(params)
     assert before is not None and before.step < params.train.stages[0].steps
     with tempfile.TemporaryDirectory() as tmp:
         killed_state = checkpoint.load_state(checkpoint.download(before.uri, Path(tmp)))
 
     final = run_deployment("micro-budget/full", timeout=900,
-                           parameters={"params_path": str(QUICK)})
+                           parameters={"params_path": str(path)})
     assert final.state is not None and final.state.is_completed(), final.state
     folder = storage.uri(storage.pipeline_prefix, str(final.id))
 
