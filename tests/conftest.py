@@ -17,8 +17,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 # Two pytest-xdist workers, each with services and step processes of its own, keep more torch
 # threads runnable than the machine has cores. OpenMP's default lets an idle thread spin for
 # the next parallel region; oversubscribed, the spinning threads take the cores from the ones
-# with work: a demo-size training step of two such processes side by side took 0.39 s with the
-# default and 0.16 s with PASSIVE (docs/benchmarks.md, "OpenMP wait policy"). It changes no
+# with work: a demo-size training step of two such processes side by side took 0.49 s with the
+# default and 0.17 s with PASSIVE (docs/benchmarks.md, "OpenMP wait policy"). It changes no
 # arithmetic (the thread count does), so every figure a test asserts is as before. Read when
 # libgomp loads, i.e. at the first torch import: set before any, and inherited by children.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
